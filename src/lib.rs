@@ -1,14 +1,68 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
-}
+//! warmpool keeps expensive per-key instances warm: SDK and LLM clients per
+//! tenant and provider, agent runtimes per agent, kernels per project.
+//!
+//! Each instance is built once per key and credentials hash, handed out to
+//! many callers as a [`Lease`], and retired when its credentials change, its
+//! TTL or idle time runs out, it is invalidated, the pool is over capacity,
+//! or the pool shuts down. A retired instance is disposed (by an optional
+//! async hook) exactly once, after its last lease is dropped.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use warmpool::{Pool, hash_credentials};
+//!
+//! # struct Client;
+//! # async fn connect(_: &str) -> Result<Client, std::io::Error> { Ok(Client) }
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let pool: Pool<Client> = Pool::builder()
+//!     .time_to_live(Duration::from_secs(300))
+//!     .max_entries(1_000)
+//!     .spawn()
+//!     .await?;
+//!
+//! let creds = serde_json::json!({"api_key": "sk-...", "org": "acme"});
+//! let hash = hash_credentials(&creds)?;
+//! let client = pool
+//!     .get_or_create("acme:openai", hash, move || connect("sk-..."))
+//!     .await?;
+//! // use `*client` ...
+//! drop(client);
+//! pool.shutdown(Duration::from_secs(5)).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # Layout
+//!
+//! - [`Pool`] (`pool.rs`): the cheap `Clone` handle, and [`PoolBuilder`].
+//! - `actors/`: the [`SupervisorActor`] (routing, LRU order, prefix index,
+//!   sweep, capacity, supervision, shutdown), one key actor per key (owns the
+//!   instance, runs the factory off its mailbox, answers waiters) and the
+//!   disposer (runs dispose hooks).
+//! - [`messages`]: every message the actors exchange; [`SupervisorMsg`] is
+//!   public so other actors can invalidate, read stats or shut down.
+//! - [`Lease`] (`lease.rs`): shared ownership whose last drop disposes.
+//! - [`hash_credentials`] (`hash.rs`), [`PoolConfig`] and
+//!   [`RestartPolicy`] (`config.rs`), [`Stats`] (`stats.rs`), [`PoolError`]
+//!   (`error.rs`).
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+#![warn(missing_debug_implementations, unreachable_pub)]
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+mod actors;
+mod config;
+mod error;
+mod hash;
+mod lease;
+pub mod messages;
+mod pool;
+mod restart;
+mod stats;
 
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
-    }
-}
+pub use actors::SupervisorActor;
+pub use config::{ConfigCaps, ConfigError, DEFAULT_ENV_PREFIX, PoolConfig, RestartPolicy};
+pub use error::{BoxError, PoolError, SharedError};
+pub use hash::{CredentialsHash, HashError, ParseHashError, hash_credentials};
+pub use lease::Lease;
+pub use messages::SupervisorMsg;
+pub use pool::{DisposeOutcome, Pool, PoolBuilder};
+pub use stats::{CoolingKey, RetireCause, Retirements, ShutdownReport, Stats};

@@ -1,0 +1,185 @@
+//! The disposer: runs the dispose hook of every instance whose last
+//! reference is gone, each in its own task so that one slow hook never delays
+//! another, bounded by `dispose_timeout`, with panics contained.
+
+use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::FutureExt;
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+
+use crate::actors::DisposeHook;
+use crate::error::panic_message;
+use crate::messages::{DisposerMsg, DrainReport};
+use crate::stats::Metrics;
+
+/// The disposer actor. It is not linked under the supervisor: it must outlive
+/// it, because leases may be dropped after the pool has shut down and their
+/// instances still deserve their hook. It stops by itself once the pool has
+/// closed and every instance it tracks is disposed.
+pub(crate) struct DisposerActor<T>(std::marker::PhantomData<fn() -> T>);
+
+impl<T> DisposerActor<T> {
+    pub(crate) fn new() -> Self {
+        DisposerActor(std::marker::PhantomData)
+    }
+}
+
+/// What the disposer starts with.
+pub(crate) struct DisposerArgs<T: Send + Sync + 'static> {
+    pub(crate) hook: Option<DisposeHook<T>>,
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) metrics: Arc<Metrics>,
+}
+
+/// The disposer's state.
+pub(crate) struct DisposerState<T: Send + Sync + 'static> {
+    args: DisposerArgs<T>,
+    /// Instances built and not yet disposed, by id: the shutdown report names
+    /// their keys as "still leased".
+    live: HashMap<u64, Arc<str>>,
+    /// Hooks running now.
+    running: u64,
+    /// A shutdown waiting for the running hooks to finish.
+    drain: Option<RpcReplyPort<DrainReport>>,
+    /// The pool is gone: stop once nothing is live or running.
+    closing: bool,
+}
+
+impl<T: Send + Sync + 'static> DisposerState<T> {
+    fn report(&self, deadline_passed: bool) -> DrainReport {
+        let mut still_leased: Vec<String> = self.live.values().map(|k| k.to_string()).collect();
+        still_leased.sort_unstable();
+        DrainReport {
+            still_leased,
+            pending: self.running,
+            deadline_passed,
+        }
+    }
+
+    fn dispose(&mut self, myself: &ActorRef<DisposerMsg<T>>, key: Arc<str>, value: T) {
+        let Some(hook) = self.args.hook.clone() else {
+            // No hook: dropping is the disposal. A panicking `Drop` must not
+            // take the disposer down with it.
+            let dropped = std::panic::catch_unwind(AssertUnwindSafe(move || drop(value)));
+            let ok = dropped.is_ok();
+            if !ok {
+                tracing::warn!(key = %key, "dropping a retired instance panicked");
+            }
+            self.finished(ok);
+            return;
+        };
+        self.running += 1;
+        let timeout = self.args.timeout;
+        let myself = myself.clone();
+        tokio::spawn(async move {
+            let key_text = key.to_string();
+            let ok = match std::panic::catch_unwind(AssertUnwindSafe(|| hook(key_text, value))) {
+                Err(panic) => {
+                    tracing::warn!(key = %key, panic = %panic_message(&*panic), "dispose hook panicked");
+                    false
+                }
+                Ok(fut) => {
+                    let fut = AssertUnwindSafe(fut).catch_unwind();
+                    let outcome = match timeout {
+                        Some(limit) => tokio::time::timeout(limit, fut).await.ok(),
+                        None => Some(fut.await),
+                    };
+                    match outcome {
+                        None => {
+                            tracing::warn!(key = %key, timeout = ?timeout, "dispose hook timed out");
+                            false
+                        }
+                        Some(Err(panic)) => {
+                            tracing::warn!(key = %key, panic = %panic_message(&*panic), "dispose hook panicked");
+                            false
+                        }
+                        Some(Ok(Err(error))) => {
+                            tracing::warn!(key = %key, error = %error, "dispose hook failed");
+                            false
+                        }
+                        Some(Ok(Ok(()))) => {
+                            tracing::debug!(key = %key, "disposed");
+                            true
+                        }
+                    }
+                }
+            };
+            let _ = myself.send_message(DisposerMsg::Done { ok });
+        });
+    }
+
+    fn finished(&mut self, ok: bool) {
+        Metrics::bump(&self.args.metrics.disposals);
+        if !ok {
+            Metrics::bump(&self.args.metrics.dispose_failures);
+        }
+    }
+}
+
+impl<T: Send + Sync + 'static> Actor for DisposerActor<T> {
+    type Msg = DisposerMsg<T>;
+    type State = DisposerState<T>;
+    type Arguments = DisposerArgs<T>;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        args: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok(DisposerState {
+            args,
+            live: HashMap::new(),
+            running: 0,
+            drain: None,
+            closing: false,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            DisposerMsg::Track { id, key } => {
+                state.live.insert(id, key);
+            }
+            DisposerMsg::Dispose { id, key, value } => {
+                state.live.remove(&id);
+                state.dispose(&myself, key, value);
+            }
+            DisposerMsg::Done { ok } => {
+                state.running -= 1;
+                state.finished(ok);
+            }
+            DisposerMsg::Drain { deadline, reply } => {
+                state.closing = true;
+                if state.running == 0 {
+                    let _ = reply.send(state.report(false));
+                } else {
+                    state.drain = Some(reply);
+                    myself.send_after(deadline, || DisposerMsg::DrainDeadline);
+                }
+            }
+            DisposerMsg::DrainDeadline => {
+                if let Some(reply) = state.drain.take() {
+                    let _ = reply.send(state.report(true));
+                }
+            }
+            DisposerMsg::Close => state.closing = true,
+        }
+        if state.running == 0
+            && let Some(reply) = state.drain.take()
+        {
+            let _ = reply.send(state.report(false));
+        }
+        if state.closing && state.running == 0 && state.live.is_empty() {
+            myself.stop(None);
+        }
+        Ok(())
+    }
+}

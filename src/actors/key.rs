@@ -1,0 +1,550 @@
+//! The key actor: owns the current instance of one key, checks every
+//! request against it, runs the factory (off its mailbox) and answers
+//! everyone waiting on a build.
+
+use std::collections::VecDeque;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::FutureExt;
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tokio::time::Instant;
+
+use crate::actors::{Settings, Shared, nonzero};
+use crate::error::{PoolError, panic_message};
+use crate::hash::CredentialsHash;
+use crate::lease::{Instance, Lease};
+use crate::messages::{Factory, InsertRequest, KeyMsg, KeyReport, Request, SupervisorInternal, SupervisorMsg};
+use crate::restart::{RestartState, Verdict};
+use crate::stats::{Metrics, RetireCause};
+
+/// One actor per resident key. Its mailbox serialises everything about the
+/// key: hit checks, starting builds, collecting waiters, retiring. The
+/// factory itself runs in a spawned task whose result comes back as a
+/// message, so `invalidate` and `stats` are never stuck behind a slow build.
+pub(crate) struct KeyActor<T>(std::marker::PhantomData<fn() -> T>);
+
+impl<T> KeyActor<T> {
+    pub(crate) fn new() -> Self {
+        KeyActor(std::marker::PhantomData)
+    }
+}
+
+/// What a key actor starts with.
+pub(crate) struct KeyArgs<T: Send + Sync + 'static> {
+    pub(crate) key: Arc<str>,
+    pub(crate) shared: Arc<Shared<T>>,
+    pub(crate) supervisor: ActorRef<SupervisorMsg<T>>,
+    /// Failure history the supervisor kept from an earlier actor of this key.
+    pub(crate) restart: RestartState,
+}
+
+/// The instance being served.
+struct Current<T: Send + Sync + 'static> {
+    instance: Arc<Instance<T>>,
+    hash: CredentialsHash,
+    /// TTL deadline, fixed at creation.
+    expires_at: Option<Instant>,
+    /// Last hand-out, for the idle check.
+    last_used: Instant,
+}
+
+/// A build in flight (or waiting out a retry backoff).
+struct Build<T: Send + Sync + 'static> {
+    hash: CredentialsHash,
+    factory: Factory<T>,
+    ttl: Option<Duration>,
+    /// Everyone sharing this build's result; all presented `hash`.
+    waiters: Vec<Request<T>>,
+    /// Identifies the current attempt; results of older attempts are ignored.
+    attempt: u64,
+    retries_done: u32,
+    /// Set when the build was invalidated (or superseded by `insert`) while in
+    /// flight: its result is never served; its waiters get a fresh build.
+    stale: Option<RetireCause>,
+    /// False while waiting out a backoff before the next attempt.
+    running: bool,
+}
+
+/// The last state reported to the supervisor, to report only changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reported {
+    Nothing,
+    Building,
+    Ready(u64),
+    Idle(u64),
+}
+
+/// The key actor's state.
+pub(crate) struct KeyState<T: Send + Sync + 'static> {
+    key: Arc<str>,
+    shared: Arc<Shared<T>>,
+    supervisor: ActorRef<SupervisorMsg<T>>,
+    current: Option<Current<T>>,
+    build: Option<Build<T>>,
+    /// Requests that could not join the build in flight (another hash, or the
+    /// build went stale); handled in order once it finishes.
+    queued: VecDeque<Request<T>>,
+    restart: RestartState,
+    /// Supervisor messages processed: lets the supervisor stop an idle actor
+    /// only when nothing it sent is still in the mailbox.
+    seen: u64,
+    reported: Reported,
+    next_attempt: u64,
+    /// Set by `Shutdown`: answered once no build is in flight.
+    shutdown: Option<RpcReplyPort<u64>>,
+    shutting_down: bool,
+    retired_by_shutdown: u64,
+}
+
+impl<T: Send + Sync + 'static> KeyState<T> {
+    fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
+    }
+
+    /// Serves `request` from the current instance, or joins or starts a build.
+    fn request(&mut self, myself: &ActorRef<KeyMsg<T>>, request: Request<T>) {
+        let now = Instant::now();
+        if self.shutting_down {
+            let _ = request.reply.send(Err(PoolError::ShutDown));
+            return;
+        }
+        if let Some(retry_after) = self.restart.cooling(now) {
+            let _ = request.reply.send(Err(self.cooling_error(retry_after)));
+            return;
+        }
+        if let Some(current) = self.current.as_mut() {
+            match self.shared.settings.check(current, request.hash, now) {
+                None => {
+                    current.last_used = now;
+                    Metrics::bump(&self.shared.metrics.hits);
+                    let _ = request.reply.send(Ok(Lease::new(&current.instance)));
+                    return;
+                }
+                Some(cause) => self.retire_current(cause),
+            }
+        }
+        Metrics::bump(&self.metrics().misses);
+        match self.build.as_mut() {
+            Some(build) if build.hash == request.hash && build.stale.is_none() => build.waiters.push(request),
+            Some(_) => self.queued.push_back(request),
+            None => self.start_build(myself, request),
+        }
+    }
+
+    fn start_build(&mut self, myself: &ActorRef<KeyMsg<T>>, request: Request<T>) {
+        let build = Build {
+            hash: request.hash,
+            factory: request.factory.clone(),
+            ttl: request.ttl,
+            waiters: vec![request],
+            attempt: 0,
+            retries_done: 0,
+            stale: None,
+            running: false,
+        };
+        self.build = Some(build);
+        self.run_attempt(myself);
+    }
+
+    /// Calls the factory in its own task, bounded by `create_timeout`, with
+    /// panics caught; the outcome comes back as `BuildDone`.
+    fn run_attempt(&mut self, myself: &ActorRef<KeyMsg<T>>) {
+        let Some(build) = self.build.as_mut() else { return };
+        self.next_attempt += 1;
+        build.attempt = self.next_attempt;
+        build.running = true;
+        let attempt = build.attempt;
+        let attempts = build.retries_done + 1;
+        let factory = build.factory.clone();
+        let key = self.key.clone();
+        let shared = self.shared.clone();
+        let myself = myself.clone();
+        Metrics::bump(&shared.metrics.builds_in_flight);
+        tracing::debug!(key = %key, attempt = attempts, "building");
+        tokio::spawn(async move {
+            let run = async {
+                match std::panic::catch_unwind(AssertUnwindSafe(|| factory())) {
+                    Ok(fut) => AssertUnwindSafe(fut).catch_unwind().await,
+                    Err(panic) => Err(panic),
+                }
+            };
+            let result = match shared.settings.create_timeout {
+                Some(limit) => tokio::time::timeout(limit, run).await.ok(),
+                None => Some(run.await),
+            };
+            let name = || key.to_string();
+            let outcome = match result {
+                None => Err(PoolError::Timeout {
+                    key: name(),
+                    after: shared.settings.create_timeout.unwrap_or_default(),
+                }),
+                Some(Err(panic)) => Err(PoolError::FactoryPanicked {
+                    key: name(),
+                    message: panic_message(&*panic),
+                }),
+                Some(Ok(Err(error))) => Err(PoolError::Factory {
+                    key: name(),
+                    attempts,
+                    source: Arc::from(error),
+                }),
+                Some(Ok(Ok(value))) => Ok(Instance::new(
+                    value,
+                    key.clone(),
+                    shared.disposer.clone(),
+                    shared.metrics.clone(),
+                )),
+            };
+            shared
+                .metrics
+                .builds_in_flight
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            // If the actor is gone the message comes back and is dropped
+            // here; a built instance then goes to the disposer via its Drop.
+            let _ = myself.send_message(KeyMsg::BuildDone { attempt, outcome });
+        });
+    }
+
+    fn build_done(&mut self, myself: &ActorRef<KeyMsg<T>>, attempt: u64, outcome: Result<Arc<Instance<T>>, PoolError>) {
+        if self.build.as_ref().is_none_or(|b| b.attempt != attempt || !b.running) {
+            return; // an answer to an attempt that no longer matters
+        }
+        let mut build = self.build.take().expect("checked above");
+        let now = Instant::now();
+        match &outcome {
+            Ok(_) => Metrics::bump(&self.metrics().builds),
+            Err(error) => {
+                Metrics::bump(&self.metrics().build_failures);
+                tracing::warn!(key = %self.key, error = %error, "build failed");
+            }
+        }
+        if let Some(cause) = build.stale {
+            // Invalidated (or replaced) while in flight: never served or
+            // cached, because it may have been built from what the
+            // invalidation declared stale. Its waiters get a fresh build.
+            if outcome.is_ok() {
+                self.metrics().retired(cause);
+            }
+            drop(outcome);
+            self.requeue_front(build.waiters);
+            return;
+        }
+        match outcome {
+            Ok(instance) => {
+                self.restart.success();
+                tracing::debug!(key = %self.key, instance = instance.id, "built");
+                for waiter in build.waiters {
+                    let _ = waiter.reply.send(Ok(Lease::new(&instance)));
+                }
+                self.current = Some(Current {
+                    expires_at: self.shared.settings.expiry(build.ttl, now),
+                    instance,
+                    hash: build.hash,
+                    last_used: now,
+                });
+                if self.shutting_down {
+                    self.retire_current(RetireCause::Shutdown);
+                }
+            }
+            Err(error) => {
+                let verdict = if self.shutting_down {
+                    Verdict::GiveUp
+                } else {
+                    self.restart
+                        .failure(now, &self.shared.settings.restart_policy, build.retries_done)
+                };
+                match verdict {
+                    Verdict::Retry(delay) => {
+                        build.retries_done += 1;
+                        build.running = false;
+                        let attempt = build.attempt;
+                        self.build = Some(build);
+                        myself.send_after(delay, move || KeyMsg::Retry { attempt });
+                        return;
+                    }
+                    Verdict::GiveUp => {}
+                    Verdict::CoolDown(cool) => {
+                        tracing::warn!(key = %self.key, cool_down = ?cool, "key cooling down after repeated failures");
+                    }
+                }
+                for waiter in build.waiters {
+                    let _ = waiter.reply.send(Err(error.clone()));
+                }
+            }
+        }
+        self.drain_queue(myself);
+    }
+
+    /// Puts requests back at the head of the queue and handles the queue.
+    fn requeue_front(&mut self, requests: Vec<Request<T>>) {
+        for request in requests.into_iter().rev() {
+            self.queued.push_front(request);
+        }
+    }
+
+    fn drain_queue(&mut self, myself: &ActorRef<KeyMsg<T>>) {
+        while self.build.is_none()
+            && let Some(request) = self.queued.pop_front()
+        {
+            self.request(myself, request);
+        }
+        // Whatever is left could not join the new build: it stays queued.
+    }
+
+    fn retry(&mut self, myself: &ActorRef<KeyMsg<T>>, attempt: u64) {
+        let Some(build) = self.build.as_mut() else { return };
+        if build.attempt != attempt || build.running {
+            return;
+        }
+        if self.shutting_down {
+            let build = self.build.take().expect("checked above");
+            for waiter in build.waiters {
+                let _ = waiter.reply.send(Err(PoolError::ShutDown));
+            }
+            return;
+        }
+        // A new attempt starts after any invalidation, so it is fresh.
+        build.stale = None;
+        self.run_attempt(myself);
+    }
+
+    fn insert(&mut self, insert: InsertRequest<T>) {
+        let instance = Instance::new(
+            insert.value,
+            self.key.clone(),
+            self.shared.disposer.clone(),
+            self.shared.metrics.clone(),
+        );
+        if self.shutting_down {
+            drop(instance); // the pool owns it now: it is disposed like any other
+        } else {
+            self.retire_current(RetireCause::Replaced);
+            self.restart.success();
+            if let Some(build) = self.build.as_mut() {
+                build.stale.get_or_insert(RetireCause::Replaced);
+            }
+            let now = Instant::now();
+            self.current = Some(Current {
+                expires_at: self.shared.settings.expiry(insert.ttl, now),
+                instance,
+                hash: insert.hash,
+                last_used: now,
+            });
+        }
+        if let Some(reply) = insert.reply {
+            let result = if self.shutting_down {
+                Err(PoolError::ShutDown)
+            } else {
+                Ok(())
+            };
+            let _ = reply.send(result);
+        }
+    }
+
+    /// Handles the supervisor's `Retire`. Returns whether anything was retired.
+    fn retire(&mut self, cause: RetireCause, generation: Option<u64>) -> bool {
+        let now = Instant::now();
+        let mut retired = false;
+        if let Some(current) = self.current.as_ref() {
+            let same = generation.is_none_or(|g| g == current.instance.id);
+            // The supervisor judged expiry from a view that may lag; the
+            // actor's own clock and data decide.
+            let due = match cause {
+                RetireCause::Ttl | RetireCause::Idle => {
+                    self.shared.settings.check(current, current.hash, now).is_some()
+                }
+                _ => true,
+            };
+            if same && due {
+                self.retire_current(cause);
+                retired = true;
+            }
+        }
+        if generation.is_none() {
+            if let Some(build) = self.build.as_mut() {
+                build.stale.get_or_insert(cause);
+                retired = true;
+            }
+            // An explicit invalidation is a fresh start: it also ends a cool-down.
+            self.restart.success();
+        }
+        retired
+    }
+
+    fn retire_current(&mut self, cause: RetireCause) {
+        if let Some(current) = self.current.take() {
+            self.metrics().retired(cause);
+            if cause == RetireCause::Shutdown {
+                self.retired_by_shutdown += 1;
+            }
+            tracing::debug!(key = %self.key, instance = current.instance.id, cause = cause.as_str(), "retired");
+        }
+    }
+
+    fn begin_shutdown(&mut self, reply: RpcReplyPort<u64>) {
+        self.shutting_down = true;
+        self.shutdown = Some(reply);
+        self.retire_current(RetireCause::Shutdown);
+        for request in self.queued.drain(..) {
+            let _ = request.reply.send(Err(PoolError::ShutDown));
+        }
+        if self.build.as_ref().is_some_and(|b| !b.running) {
+            // Waiting out a backoff: give up now rather than at the timer.
+            let build = self.build.take().expect("checked above");
+            for waiter in build.waiters {
+                let _ = waiter.reply.send(Err(PoolError::ShutDown));
+            }
+        }
+    }
+
+    fn cooling_error(&self, retry_after: Duration) -> PoolError {
+        PoolError::CoolingDown {
+            key: self.key.to_string(),
+            retry_after,
+        }
+    }
+
+    /// Tells the supervisor what changed, and finishes a shutdown.
+    fn after_message(&mut self, myself: &ActorRef<KeyMsg<T>>) {
+        if self.shutting_down {
+            if self.build.is_none()
+                && let Some(reply) = self.shutdown.take()
+            {
+                self.queued.clear();
+                let _ = reply.send(self.retired_by_shutdown);
+                myself.stop(None);
+            }
+            return;
+        }
+        let now_state = if self.build.is_some() {
+            Reported::Building
+        } else if let Some(current) = self.current.as_ref() {
+            Reported::Ready(current.instance.id)
+        } else {
+            Reported::Idle(self.seen)
+        };
+        if now_state == self.reported {
+            return;
+        }
+        self.reported = now_state;
+        let report = match now_state {
+            Reported::Building => KeyReport::Building,
+            Reported::Ready(generation) => {
+                let current = self.current.as_ref().expect("ready has a current instance");
+                KeyReport::Ready {
+                    generation,
+                    expires_at: current.expires_at,
+                    probe: Arc::downgrade(&current.instance),
+                }
+            }
+            Reported::Idle(seen) => {
+                let now = Instant::now();
+                let policy = &self.shared.settings.restart_policy;
+                let restart = (!self.restart.is_clear(now, policy)).then(|| self.restart.clone());
+                KeyReport::Idle { seen, restart }
+            }
+            Reported::Nothing => return,
+        };
+        let msg = SupervisorInternal::Report {
+            key: self.key.clone(),
+            actor: myself.get_id(),
+            report,
+        };
+        let _ = self.supervisor.send_message(msg.into());
+    }
+}
+
+impl<T: Send + Sync + 'static> Actor for KeyActor<T> {
+    type Msg = KeyMsg<T>;
+    type State = KeyState<T>;
+    type Arguments = KeyArgs<T>;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        args: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok(KeyState {
+            key: args.key,
+            shared: args.shared,
+            supervisor: args.supervisor,
+            current: None,
+            build: None,
+            queued: VecDeque::new(),
+            restart: args.restart,
+            seen: 0,
+            reported: Reported::Nothing,
+            next_attempt: 0,
+            shutdown: None,
+            shutting_down: false,
+            retired_by_shutdown: 0,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        if message.from_supervisor() {
+            state.seen += 1;
+        }
+        match message {
+            KeyMsg::Get(request) => state.request(&myself, request),
+            KeyMsg::Insert(insert) => state.insert(insert),
+            KeyMsg::Retire {
+                cause,
+                generation,
+                reply,
+            } => {
+                let retired = state.retire(cause, generation);
+                if let Some(reply) = reply {
+                    let _ = reply.send(retired);
+                }
+            }
+            KeyMsg::Shutdown { reply } => state.begin_shutdown(reply),
+            KeyMsg::BuildDone { attempt, outcome } => {
+                state.build_done(&myself, attempt, outcome);
+                // Stale waiters were re-queued; serve them now.
+                state.drain_queue(&myself);
+            }
+            KeyMsg::Retry { attempt } => state.retry(&myself, attempt),
+        }
+        state.after_message(&myself);
+        Ok(())
+    }
+}
+
+impl Settings {
+    /// Why `current` may not be handed to a caller presenting `hash` now, if
+    /// it may not: TTL (absolute, from creation), idle time (since the last
+    /// hand-out), then the credentials hash.
+    fn check<T: Send + Sync + 'static>(
+        &self,
+        current: &Current<T>,
+        hash: CredentialsHash,
+        now: Instant,
+    ) -> Option<RetireCause> {
+        if current.expires_at.is_some_and(|at| now >= at) {
+            Some(RetireCause::Ttl)
+        } else if self.time_to_idle.is_some_and(|idle| now >= current.last_used + idle) {
+            Some(RetireCause::Idle)
+        } else if current.hash != hash {
+            Some(RetireCause::Credentials)
+        } else {
+            None
+        }
+    }
+
+    /// When an instance created now expires: the per-entry TTL if given
+    /// (zero meaning never), else the pool's.
+    fn expiry(&self, ttl: Option<Duration>, now: Instant) -> Option<Instant> {
+        match ttl {
+            Some(ttl) => nonzero(ttl),
+            None => self.time_to_live,
+        }
+        .map(|ttl| now + ttl)
+    }
+}

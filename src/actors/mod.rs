@@ -1,0 +1,47 @@
+//! The pool's actors: the supervisor, one key actor per key, and the disposer.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use ractor::ActorRef;
+
+use crate::config::RestartPolicy;
+use crate::error::BoxError;
+use crate::messages::DisposerMsg;
+use crate::stats::Metrics;
+
+pub(crate) mod disposer;
+pub(crate) mod key;
+pub(crate) mod supervisor;
+
+pub use supervisor::SupervisorActor;
+
+/// A dispose hook as the pool stores it.
+pub(crate) type DisposeHook<T> = Arc<dyn Fn(String, T) -> BoxFuture<'static, Result<(), BoxError>> + Send + Sync>;
+
+/// The settings every actor reads; fixed when the pool is built. A zero
+/// duration in the builder becomes `None` here ("never" / "unbounded").
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub(crate) time_to_live: Option<Duration>,
+    pub(crate) time_to_idle: Option<Duration>,
+    pub(crate) max_entries: usize,
+    pub(crate) sweep_interval: Option<Duration>,
+    pub(crate) create_timeout: Option<Duration>,
+    pub(crate) dispose_timeout: Option<Duration>,
+    pub(crate) restart_policy: RestartPolicy,
+}
+
+/// What the supervisor and all key actors share: settings, counters and the
+/// disposer's address. Immutable after start, so sharing needs no lock.
+pub(crate) struct Shared<T: Send + Sync + 'static> {
+    pub(crate) settings: Settings,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) disposer: ActorRef<DisposerMsg<T>>,
+}
+
+/// Zero means "never" for every duration setting.
+pub(crate) fn nonzero(d: Duration) -> Option<Duration> {
+    (!d.is_zero()).then_some(d)
+}

@@ -1,0 +1,626 @@
+//! The supervisor: routes every call to its key actor, keeps LRU order, the
+//! prefix index and expiry deadlines, sweeps, enforces capacity, supervises
+//! key actors and coordinates shutdown.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use futures::future::join_all;
+use lru::LruCache;
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::actors::Shared;
+use crate::actors::key::{KeyActor, KeyArgs};
+use crate::error::PoolError;
+use crate::messages::{DisposerMsg, Internal, KeyMsg, KeyReport, SupervisorInternal, SupervisorMsg};
+use crate::restart::RestartState;
+use crate::stats::{CoolingKey, Metrics, RetireCause, ShutdownReport, Stats};
+
+/// The pool's supervisor actor.
+///
+/// # Supervision
+///
+/// Every key actor is spawned linked to this actor. ractor's default
+/// `handle_supervisor_evt` would stop the supervisor when any child exits;
+/// this one overrides it on purpose: when a key actor stops unexpectedly
+/// (stopped from outside, or a bug), its entry is dropped (its instance goes
+/// to the disposer once unleased), the restart is counted in
+/// [`Stats::actor_restarts`], and the key's next call starts a fresh actor.
+/// Callers that were waiting on the dead actor get
+/// [`PoolError::ActorStopped`] and may retry at once. Factory failures are
+/// not actor failures: they never stop an actor, and follow the
+/// [`RestartPolicy`](crate::RestartPolicy) instead.
+#[derive(Debug)]
+pub struct SupervisorActor<T>(std::marker::PhantomData<fn() -> T>);
+
+impl<T> SupervisorActor<T> {
+    pub(crate) fn new() -> Self {
+        SupervisorActor(std::marker::PhantomData)
+    }
+}
+
+/// What the supervisor starts with (built by [`PoolBuilder`](crate::PoolBuilder)).
+pub struct SupervisorArgs<T: Send + Sync + 'static> {
+    pub(crate) shared: Arc<Shared<T>>,
+}
+
+impl<T: Send + Sync + 'static> std::fmt::Debug for SupervisorArgs<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SupervisorArgs").finish_non_exhaustive()
+    }
+}
+
+impl<T: Send + Sync + 'static> std::fmt::Debug for SupervisorState<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SupervisorState")
+            .field("resident", &self.resident)
+            .field("entries", &self.entries.len())
+            .field("shutting_down", &self.shutting_down)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the supervisor last heard from a key actor.
+enum View<T: Send + Sync + 'static> {
+    /// Spawned or building: never chosen for eviction.
+    Busy,
+    /// An instance is resident.
+    Ready {
+        generation: u64,
+        expires_at: Option<Instant>,
+        probe: std::sync::Weak<crate::lease::Instance<T>>,
+    },
+    /// Nothing resident and nothing in flight.
+    Idle,
+}
+
+/// One resident key.
+struct Entry<T: Send + Sync + 'static> {
+    actor: ActorRef<KeyMsg<T>>,
+    /// Messages sent to the actor (see `KeyReport::Idle`).
+    sent: u64,
+    /// Last call routed here: LRU order is also last-use order, which is what
+    /// makes the idle sweep a walk from the cold end.
+    last_used: Instant,
+    view: View<T>,
+    /// Chosen for eviction; no longer counted as resident.
+    retiring: bool,
+}
+
+impl<T: Send + Sync + 'static> Entry<T> {
+    fn send(&mut self, msg: KeyMsg<T>) -> Result<(), KeyMsg<T>> {
+        self.sent += 1;
+        self.actor.send_message(msg).map_err(|e| match e {
+            ractor::MessagingErr::SendErr(msg) => msg,
+            other => unreachable!("sending to a local actor fails only with SendErr: {other:?}"),
+        })
+    }
+
+    fn evictable(&self) -> bool {
+        !self.retiring
+            && match &self.view {
+                View::Busy => false,
+                View::Idle => true,
+                // The key actor holds one strong reference; any more are leases.
+                View::Ready { probe, .. } => probe.strong_count() <= 1,
+            }
+    }
+}
+
+/// The supervisor's state: everything about which keys exist. Owned by the
+/// actor and changed only in its mailbox, so no lock guards it.
+pub struct SupervisorState<T: Send + Sync + 'static> {
+    shared: Arc<Shared<T>>,
+    /// Routing table in LRU order (most recently used first). `LruCache` is
+    /// unbounded here; capacity is enforced by hand because leased and
+    /// building keys must be skipped.
+    entries: LruCache<Arc<str>, Entry<T>>,
+    /// The same keys, ordered, for prefix invalidation in O(log N + matches).
+    ordered: BTreeSet<Arc<str>>,
+    /// Key actors by id, to recognise which one stopped.
+    by_actor: HashMap<ActorId, Arc<str>>,
+    /// TTL deadlines, so a sweep finds expired entries without a scan.
+    deadlines: BTreeSet<(Instant, u64, Arc<str>)>,
+    /// Failure history of keys whose actor is gone (ordered for prefix
+    /// invalidation); cooling keys are answered from here without an actor.
+    dormant: BTreeMap<Arc<str>, RestartState>,
+    /// Entries not retiring.
+    resident: usize,
+    sweep: Option<JoinHandle<()>>,
+    shutting_down: bool,
+    shutdown_replies: Vec<RpcReplyPort<ShutdownReport>>,
+    shutdown_deadline: Duration,
+}
+
+impl<T: Send + Sync + 'static> SupervisorState<T> {
+    fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
+    }
+
+    async fn spawn_key(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg<T>>,
+        key: &Arc<str>,
+    ) -> Result<(), ActorProcessingErr> {
+        let args = KeyArgs {
+            key: key.clone(),
+            shared: self.shared.clone(),
+            supervisor: myself.clone(),
+            restart: self.dormant.remove(key).unwrap_or_default(),
+        };
+        let (actor, _) = Actor::spawn_linked(None, KeyActor::new(), args, myself.get_cell()).await?;
+        self.by_actor.insert(actor.get_id(), key.clone());
+        self.ordered.insert(key.clone());
+        self.entries.put(
+            key.clone(),
+            Entry {
+                actor,
+                sent: 0,
+                last_used: Instant::now(),
+                view: View::Busy,
+                retiring: false,
+            },
+        );
+        self.resident += 1;
+        if self.resident > self.shared.settings.max_entries && !self.evict_one() {
+            Metrics::bump(&self.metrics().capacity_overshoot);
+            tracing::warn!(
+                key = %key,
+                resident = self.resident,
+                max_entries = self.shared.settings.max_entries,
+                "over capacity: every other key is leased or building"
+            );
+        }
+        Ok(())
+    }
+
+    /// Sends `msg` to the key's actor, spawning one if there is none (or if
+    /// the one there has just died); marks the key used.
+    async fn route(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg<T>>,
+        key: Arc<str>,
+        msg: KeyMsg<T>,
+    ) -> Result<(), ActorProcessingErr> {
+        let mut msg = msg;
+        for _ in 0..2 {
+            if !self.entries.contains(&key) {
+                self.spawn_key(myself, &key).await?;
+            }
+            let entry = self.entries.get_mut(&key).expect("present or just spawned");
+            entry.last_used = Instant::now();
+            if entry.retiring {
+                entry.retiring = false;
+                self.resident += 1;
+            }
+            match entry.send(msg) {
+                Ok(()) => return Ok(()),
+                Err(back) => {
+                    // The actor died and its termination event is still on
+                    // the way: forget it now and start a fresh one.
+                    msg = back;
+                    self.forget(&key);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes a key's entry from every index.
+    fn forget(&mut self, key: &Arc<str>) -> Option<Entry<T>> {
+        let entry = self.entries.pop(key)?;
+        self.ordered.remove(key);
+        self.by_actor.remove(&entry.actor.get_id());
+        if let View::Ready {
+            generation,
+            expires_at: Some(at),
+            ..
+        } = entry.view
+        {
+            self.deadlines.remove(&(at, generation, key.clone()));
+        }
+        if !entry.retiring {
+            self.resident -= 1;
+        }
+        Some(entry)
+    }
+
+    /// Retires the least recently used key that has no lease and no build
+    /// in flight. Returns false when there is none.
+    fn evict_one(&mut self) -> bool {
+        let victim = self
+            .entries
+            .iter()
+            .rev()
+            .find(|(_, entry)| entry.evictable())
+            .map(|(key, _)| key.clone());
+        let Some(key) = victim else { return false };
+        let entry = self.entries.peek_mut(&key).expect("just found");
+        entry.retiring = true;
+        let generation = match entry.view {
+            View::Ready { generation, .. } => Some(generation),
+            _ => Some(u64::MAX), // nothing resident: only asks the actor to report idle
+        };
+        let _ = entry.send(KeyMsg::Retire {
+            cause: RetireCause::Capacity,
+            generation,
+            reply: None,
+        });
+        self.resident -= 1;
+        true
+    }
+
+    fn enforce_capacity(&mut self) {
+        while self.resident > self.shared.settings.max_entries && self.evict_one() {}
+    }
+
+    fn report(&mut self, key: Arc<str>, actor: ActorId, report: KeyReport<T>) {
+        let Some(entry) = self.entries.peek_mut(&key) else {
+            return;
+        };
+        if entry.actor.get_id() != actor {
+            return; // from an actor this key no longer uses
+        }
+        if let View::Ready {
+            generation,
+            expires_at: Some(at),
+            ..
+        } = entry.view
+        {
+            self.deadlines.remove(&(at, generation, key.clone()));
+        }
+        if entry.retiring && !matches!(report, KeyReport::Idle { .. }) {
+            // Chosen for eviction from a view that was already out of date:
+            // the key is busy or has a new instance, so it stays resident.
+            entry.retiring = false;
+            self.resident += 1;
+        }
+        match report {
+            KeyReport::Building => entry.view = View::Busy,
+            KeyReport::Ready {
+                generation,
+                expires_at,
+                probe,
+            } => {
+                if let Some(at) = expires_at {
+                    self.deadlines.insert((at, generation, key.clone()));
+                }
+                entry.view = View::Ready {
+                    generation,
+                    expires_at,
+                    probe,
+                };
+            }
+            KeyReport::Idle { seen, restart } => {
+                entry.view = View::Idle;
+                if seen == entry.sent {
+                    // Nothing we sent is still in its mailbox, and we will
+                    // send it nothing more: stopping it loses no request.
+                    if let Some(entry) = self.forget(&key) {
+                        entry.actor.stop(None);
+                    }
+                    if let Some(restart) = restart {
+                        self.dormant.insert(key, restart);
+                    }
+                }
+            }
+        }
+        self.enforce_capacity();
+    }
+
+    fn sweep(&mut self) {
+        let now = Instant::now();
+        while let Some((at, generation, key)) = self.deadlines.first().cloned() {
+            if at > now {
+                break;
+            }
+            self.deadlines.pop_first();
+            if let Some(entry) = self.entries.peek_mut(&key) {
+                let _ = entry.send(KeyMsg::Retire {
+                    cause: RetireCause::Ttl,
+                    generation: Some(generation),
+                    reply: None,
+                });
+            }
+        }
+        if let Some(idle) = self.shared.settings.time_to_idle {
+            let mut due = Vec::new();
+            for (key, entry) in self.entries.iter().rev() {
+                if entry.last_used + idle > now {
+                    break;
+                }
+                if let View::Ready { generation, .. } = entry.view {
+                    due.push((key.clone(), generation));
+                }
+            }
+            for (key, generation) in due {
+                if let Some(entry) = self.entries.peek_mut(&key) {
+                    let _ = entry.send(KeyMsg::Retire {
+                        cause: RetireCause::Idle,
+                        generation: Some(generation),
+                        reply: None,
+                    });
+                }
+            }
+        }
+        let policy = &self.shared.settings.restart_policy;
+        self.dormant.retain(|_, restart| !restart.is_clear(now, policy));
+        self.enforce_capacity();
+    }
+
+    fn invalidate(&mut self, key: &str, reply: RpcReplyPort<bool>) {
+        self.dormant.remove(key);
+        match self.entries.peek_mut(key) {
+            // The key actor answers, after it has retired: once the caller
+            // has the answer, no one can get the old instance.
+            Some(entry) => {
+                let msg = KeyMsg::Retire {
+                    cause: RetireCause::Invalidated,
+                    generation: None,
+                    reply: Some(reply),
+                };
+                if let Err(KeyMsg::Retire { reply: Some(reply), .. }) = entry.send(msg) {
+                    let _ = reply.send(false);
+                }
+            }
+            None => {
+                let _ = reply.send(false);
+            }
+        }
+    }
+
+    fn invalidate_by_prefix(&mut self, prefix: &str, reply: RpcReplyPort<usize>) {
+        let keys: Vec<Arc<str>> = self
+            .ordered
+            .range::<str, _>((std::ops::Bound::Included(prefix), std::ops::Bound::Unbounded))
+            .take_while(|k| k.starts_with(prefix))
+            .cloned()
+            .collect();
+        let dormant: Vec<Arc<str>> = self
+            .dormant
+            .range::<str, _>((std::ops::Bound::Included(prefix), std::ops::Bound::Unbounded))
+            .map(|(k, _)| k.clone())
+            .take_while(|k| k.starts_with(prefix))
+            .collect();
+        for key in dormant {
+            self.dormant.remove(&key);
+        }
+        let mut acks = Vec::with_capacity(keys.len());
+        for key in &keys {
+            if let Some(entry) = self.entries.peek_mut(key) {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                let _ = entry.send(KeyMsg::Retire {
+                    cause: RetireCause::Invalidated,
+                    generation: None,
+                    reply: Some(tx.into()),
+                });
+                acks.push(rx);
+            }
+        }
+        let count = keys.len();
+        if acks.is_empty() {
+            let _ = reply.send(count);
+            return;
+        }
+        // Answer once every key actor has retired, without holding up the
+        // supervisor's mailbox meanwhile.
+        tokio::spawn(async move {
+            join_all(acks).await;
+            let _ = reply.send(count);
+        });
+    }
+
+    fn stats(&self) -> Stats {
+        let now = Instant::now();
+        let mut stats = self.metrics().snapshot();
+        stats.size = self.resident;
+        stats.keys = self
+            .ordered
+            .iter()
+            .filter(|k| self.entries.peek(*k).is_some_and(|e| !e.retiring))
+            .map(|k| k.to_string())
+            .collect();
+        stats.cooling_keys = self
+            .dormant
+            .iter()
+            .filter_map(|(key, restart)| {
+                restart.cooling(now).map(|retry_after| CoolingKey {
+                    key: key.to_string(),
+                    retry_after,
+                })
+            })
+            .collect();
+        stats
+    }
+
+    fn begin_shutdown(&mut self, myself: &ActorRef<SupervisorMsg<T>>) {
+        self.shutting_down = true;
+        if let Some(sweep) = self.sweep.take() {
+            sweep.abort();
+        }
+        let mut acks = Vec::with_capacity(self.entries.len());
+        for (_, entry) in self.entries.iter_mut() {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            if entry.send(KeyMsg::Shutdown { reply: tx.into() }).is_ok() {
+                acks.push(rx);
+            }
+        }
+        let myself = myself.clone();
+        tokio::spawn(async move {
+            let retired = join_all(acks).await.into_iter().map(|r| r.unwrap_or(0)).sum();
+            let _ = myself.send_message(SupervisorInternal::KeysShutDown { retired }.into());
+        });
+    }
+}
+
+impl<T: Send + Sync + 'static> Actor for SupervisorActor<T> {
+    type Msg = SupervisorMsg<T>;
+    type State = SupervisorState<T>;
+    type Arguments = SupervisorArgs<T>;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let sweep = args
+            .shared
+            .settings
+            .sweep_interval
+            .map(|period| myself.send_interval(period, || SupervisorInternal::Sweep.into()));
+        Ok(SupervisorState {
+            shutdown_deadline: args.shared.settings.dispose_timeout.unwrap_or(Duration::from_secs(30)),
+            shared: args.shared,
+            entries: LruCache::unbounded(),
+            ordered: BTreeSet::new(),
+            by_actor: HashMap::new(),
+            deadlines: BTreeSet::new(),
+            dormant: BTreeMap::new(),
+            resident: 0,
+            sweep,
+            shutting_down: false,
+            shutdown_replies: Vec::new(),
+        })
+    }
+
+    async fn post_stop(&self, _myself: ActorRef<Self::Msg>, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+        if let Some(sweep) = state.sweep.take() {
+            sweep.abort();
+        }
+        // Key actors stop with us (they are linked); their instances reach the
+        // disposer, which stops once it has disposed of everything.
+        let _ = state.shared.disposer.send_message(DisposerMsg::Close);
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            SupervisorMsg::Internal(Internal(msg)) => match msg {
+                SupervisorInternal::Get { key, request } => {
+                    if state.shutting_down {
+                        let _ = request.reply.send(Err(PoolError::ShutDown));
+                        return Ok(());
+                    }
+                    if !state.entries.contains(&key)
+                        && let Some(retry_after) = state.dormant.get(&key).and_then(|r| r.cooling(Instant::now()))
+                    {
+                        let error = PoolError::CoolingDown {
+                            key: key.to_string(),
+                            retry_after,
+                        };
+                        let _ = request.reply.send(Err(error));
+                        return Ok(());
+                    }
+                    state.route(&myself, key, KeyMsg::Get(request)).await?;
+                }
+                SupervisorInternal::Insert { key, insert } => {
+                    if state.shutting_down {
+                        if let Some(reply) = insert.reply {
+                            let _ = reply.send(Err(PoolError::ShutDown));
+                        }
+                        return Ok(());
+                    }
+                    state.route(&myself, key, KeyMsg::Insert(insert)).await?;
+                }
+                SupervisorInternal::Report { key, actor, report } => {
+                    if !state.shutting_down {
+                        state.report(key, actor, report);
+                    }
+                }
+                SupervisorInternal::Sweep => {
+                    if !state.shutting_down {
+                        state.sweep();
+                    }
+                }
+                SupervisorInternal::KeysShutDown { retired } => {
+                    let disposer = state.shared.disposer.clone();
+                    let deadline = state.shutdown_deadline;
+                    let metrics = state.shared.metrics.clone();
+                    let myself = myself.clone();
+                    tokio::spawn(async move {
+                        let drain = disposer
+                            .call(|reply| DisposerMsg::Drain { deadline, reply }, None)
+                            .await
+                            .ok()
+                            .and_then(|r| r.success_or(()).ok());
+                        let report = ShutdownReport {
+                            retired,
+                            disposed: metrics.disposals.load(Relaxed),
+                            dispose_failures: metrics.dispose_failures.load(Relaxed),
+                            still_leased: drain.as_ref().map(|d| d.still_leased.clone()).unwrap_or_default(),
+                            disposals_pending: drain.as_ref().map_or(0, |d| d.pending),
+                            deadline_passed: drain.as_ref().is_some_and(|d| d.deadline_passed),
+                        };
+                        let _ = myself.send_message(SupervisorInternal::ShutdownDone { report }.into());
+                    });
+                }
+                SupervisorInternal::ShutdownDone { report } => {
+                    for reply in state.shutdown_replies.drain(..) {
+                        let _ = reply.send(report.clone());
+                    }
+                    tracing::info!(
+                        retired = report.retired,
+                        disposed = report.disposed,
+                        still_leased = report.still_leased.len(),
+                        "pool shut down"
+                    );
+                    myself.stop(None);
+                }
+            },
+            SupervisorMsg::Invalidate { key, reply } => state.invalidate(&key, reply),
+            SupervisorMsg::InvalidateByPrefix { prefix, reply } => state.invalidate_by_prefix(&prefix, reply),
+            SupervisorMsg::Stats { reply } => {
+                let _ = reply.send(state.stats());
+            }
+            SupervisorMsg::Shutdown { deadline, reply } => {
+                if let Some(reply) = reply {
+                    state.shutdown_replies.push(reply);
+                }
+                if !state.shutting_down {
+                    state.shutdown_deadline = deadline;
+                    state.begin_shutdown(&myself);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        event: SupervisionEvent,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        // Deliberately not ractor's default (which would stop the whole pool
+        // when one key actor exits): see the type's docs.
+        let who = match &event {
+            SupervisionEvent::ActorTerminated(cell, _, _) | SupervisionEvent::ActorFailed(cell, _) => cell.get_id(),
+            _ => return Ok(()),
+        };
+        let Some(key) = state.by_actor.get(&who).cloned() else {
+            return Ok(()); // an actor we stopped ourselves
+        };
+        state.forget(&key);
+        if !state.shutting_down {
+            Metrics::bump(&state.metrics().actor_restarts);
+            match &event {
+                SupervisionEvent::ActorFailed(_, error) => {
+                    tracing::error!(key = %key, error = %error, "key actor failed; a fresh one serves the key's next call")
+                }
+                _ => {
+                    tracing::warn!(key = %key, "key actor stopped unexpectedly; a fresh one serves the key's next call")
+                }
+            }
+        }
+        Ok(())
+    }
+}

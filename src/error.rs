@@ -1,0 +1,103 @@
+//! The one error type of the pool.
+
+use std::error::Error as StdError;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// An error produced by a factory, shared by every caller that waited on the
+/// same build attempt.
+pub type SharedError = Arc<dyn StdError + Send + Sync + 'static>;
+
+/// A boxed error, as a factory or a dispose hook may return it.
+pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
+
+/// Everything that can go wrong when asking the pool for an instance.
+///
+/// One build attempt can fail many waiting callers at once, so the error is
+/// `Clone` and the factory's own error travels as an [`Arc`]
+/// ([`SharedError`]): every waiter sees the same value, and
+/// [`source()`](StdError::source) returns it.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum PoolError {
+    /// The factory returned an error on its last attempt.
+    #[error("factory for key `{key}` failed after {attempts} attempt(s): {source}")]
+    Factory {
+        /// The key whose factory failed.
+        key: String,
+        /// How many attempts the restart policy made before giving up.
+        attempts: u32,
+        /// The factory's own error.
+        #[source]
+        source: SharedError,
+    },
+    /// The factory panicked; the panic was contained and the pool keeps serving.
+    #[error("factory for key `{key}` panicked: {message}")]
+    FactoryPanicked {
+        /// The key whose factory panicked.
+        key: String,
+        /// The panic payload, when it was a string.
+        message: String,
+    },
+    /// The factory did not finish within `create_timeout`.
+    #[error("factory for key `{key}` did not finish within {after:?}")]
+    Timeout {
+        /// The key whose factory hung.
+        key: String,
+        /// The configured `create_timeout`.
+        after: Duration,
+    },
+    /// The key failed too often within the restart policy's window and is
+    /// cooling down; no factory is called until `retry_after` has passed.
+    #[error("key `{key}` is cooling down after repeated failures; retry after {retry_after:?}")]
+    CoolingDown {
+        /// The cooling key.
+        key: String,
+        /// How long until the pool will try the factory again.
+        retry_after: Duration,
+    },
+    /// The pool is shutting down or has shut down and takes no new work.
+    #[error("the pool is shut down and takes no new work")]
+    ShutDown,
+    /// The actor that served this call stopped before it answered (for
+    /// example it was stopped from outside). The supervisor starts a fresh
+    /// actor for the key on the next call, so retrying is safe.
+    #[error("the actor serving key `{key}` stopped before it answered; retry")]
+    ActorStopped {
+        /// The key whose actor stopped.
+        key: String,
+    },
+}
+
+impl PoolError {
+    /// The key this error is about, when it concerns one key.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            PoolError::Factory { key, .. }
+            | PoolError::FactoryPanicked { key, .. }
+            | PoolError::Timeout { key, .. }
+            | PoolError::CoolingDown { key, .. }
+            | PoolError::ActorStopped { key } => Some(key),
+            PoolError::ShutDown => None,
+        }
+    }
+
+    /// For [`PoolError::CoolingDown`], how long until the key is tried again.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            PoolError::CoolingDown { retry_after, .. } => Some(*retry_after),
+            _ => None,
+        }
+    }
+}
+
+/// Turns a panic payload into a readable message.
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&'static str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_string()
+    }
+}

@@ -1,0 +1,143 @@
+//! Leases: shared ownership of an instance, with disposal on the last drop.
+
+use std::fmt;
+use std::ops::Deref;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+
+use ractor::ActorRef;
+
+use crate::messages::DisposerMsg;
+use crate::stats::Metrics;
+
+/// One built instance and what is needed to dispose of it.
+///
+/// The key actor holds one `Arc<Instance<T>>` while the instance is resident;
+/// each [`Lease`] holds another. Dropping the last of them (retired AND no
+/// lease left, in whichever order) runs `Drop`, which hands the value to the
+/// disposer: so disposal happens exactly once, never while leased, and no
+/// caller can forget to "release" anything.
+pub(crate) struct Instance<T: Send + Sync + 'static> {
+    /// `Some` until `Drop` moves the value out to the disposer.
+    value: Option<T>,
+    pub(crate) id: u64,
+    pub(crate) key: Arc<str>,
+    disposer: ActorRef<DisposerMsg<T>>,
+    metrics: Arc<Metrics>,
+}
+
+impl<T: Send + Sync + 'static> Instance<T> {
+    /// Wraps a freshly built value and registers it with the disposer, so a
+    /// shutdown report can name it until it is disposed.
+    pub(crate) fn new(value: T, key: Arc<str>, disposer: ActorRef<DisposerMsg<T>>, metrics: Arc<Metrics>) -> Arc<Self> {
+        let id = metrics.next_instance_id.fetch_add(1, Relaxed);
+        // If the disposer is gone the pool is gone; the value is then simply
+        // dropped by `Drop` below, so the send error needs no handling.
+        let _ = disposer.send_message(DisposerMsg::Track { id, key: key.clone() });
+        Arc::new(Instance {
+            value: Some(value),
+            id,
+            key,
+            disposer,
+            metrics,
+        })
+    }
+
+    fn value(&self) -> &T {
+        self.value
+            .as_ref()
+            .expect("an instance's value is present until it is dropped")
+    }
+}
+
+impl<T: Send + Sync + 'static> Drop for Instance<T> {
+    fn drop(&mut self) {
+        if let Some(value) = self.value.take() {
+            let msg = DisposerMsg::Dispose {
+                id: self.id,
+                key: self.key.clone(),
+                value,
+            };
+            // After the disposer has stopped (the pool is gone and the
+            // runtime may be too) the message comes back and is dropped here,
+            // which drops the value without a hook.
+            let _ = self.disposer.send_message(msg);
+        }
+    }
+}
+
+/// A hand-out of a pooled instance. Derefs to `T`.
+///
+/// A lease keeps its instance alive: a retired instance (expired, rotated,
+/// invalidated, evicted, shut down) is disposed only after its last lease is
+/// dropped. Cloning a lease is cheap (an `Arc` clone) and counts as another
+/// lease. There is nothing to release by hand: dropping the lease, including
+/// during a panic, is the release.
+///
+/// Hold a lease for the duration of one unit of work, not forever: a leased
+/// key is skipped when the pool is over capacity, and its instance stays alive
+/// past retirement.
+pub struct Lease<T: Send + Sync + 'static> {
+    instance: Arc<Instance<T>>,
+}
+
+impl<T: Send + Sync + 'static> Lease<T> {
+    pub(crate) fn new(instance: &Arc<Instance<T>>) -> Self {
+        instance.metrics.live_leases.fetch_add(1, Relaxed);
+        Lease {
+            instance: instance.clone(),
+        }
+    }
+
+    /// The key this instance was built for.
+    pub fn key(&self) -> &str {
+        &self.instance.key
+    }
+
+    /// Whether two leases are of the very same instance.
+    pub fn ptr_eq(a: &Lease<T>, b: &Lease<T>) -> bool {
+        Arc::ptr_eq(&a.instance, &b.instance)
+    }
+
+    /// A number identifying the instance within its pool; two leases with
+    /// the same id share one instance. Useful in logs.
+    pub fn instance_id(&self) -> u64 {
+        self.instance.id
+    }
+}
+
+impl<T: Send + Sync + 'static> Clone for Lease<T> {
+    fn clone(&self) -> Self {
+        Lease::new(&self.instance)
+    }
+}
+
+impl<T: Send + Sync + 'static> Drop for Lease<T> {
+    fn drop(&mut self) {
+        self.instance.metrics.live_leases.fetch_sub(1, Relaxed);
+    }
+}
+
+impl<T: Send + Sync + 'static> Deref for Lease<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        self.instance.value()
+    }
+}
+
+impl<T: Send + Sync + 'static> AsRef<T> for Lease<T> {
+    fn as_ref(&self) -> &T {
+        self.instance.value()
+    }
+}
+
+impl<T: Send + Sync + 'static> fmt::Debug for Lease<T> {
+    // The instance itself is not printed: it may hold credentials.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Lease")
+            .field("key", &self.instance.key)
+            .field("instance_id", &self.instance.id)
+            .finish()
+    }
+}

@@ -1,0 +1,283 @@
+//! Every message the pool's actors exchange.
+//!
+//! [`SupervisorMsg`] is public: an application's own actors may send the
+//! public variants (invalidate, invalidate by prefix, stats, shutdown) to the
+//! pool's supervisor (see [`Pool::actor`](crate::Pool::actor)). Everything
+//! else is internal to the crate.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use ractor::{ActorId, RpcReplyPort};
+use tokio::time::Instant;
+
+use crate::error::{BoxError, PoolError};
+use crate::hash::CredentialsHash;
+use crate::lease::{Instance, Lease};
+use crate::restart::RestartState;
+use crate::stats::{RetireCause, ShutdownReport, Stats};
+
+/// A factory as the pool stores it: callable again for retries.
+pub(crate) type Factory<T> = Arc<dyn Fn() -> BoxFuture<'static, Result<T, BoxError>> + Send + Sync>;
+
+/// What a caller gets back from a key actor.
+pub(crate) type LeaseReply<T> = RpcReplyPort<Result<Lease<T>, PoolError>>;
+
+/// Messages to the pool's supervisor actor.
+///
+/// Other actors can send the public variants to
+/// [`Pool::actor`](crate::Pool::actor) with `ractor::call!` or `cast!`.
+pub enum SupervisorMsg<T: Send + Sync + 'static> {
+    /// Retire the key's instance at once; replies whether the key was present.
+    /// Once the reply is sent, no caller gets the old instance; a build in
+    /// flight for the key is discarded when it finishes and its waiters get a
+    /// fresh build.
+    Invalidate {
+        /// The key to retire.
+        key: String,
+        /// Receives `true` if the key was resident.
+        reply: RpcReplyPort<bool>,
+    },
+    /// Retire every key that starts with `prefix` (a plain string prefix);
+    /// replies with how many keys were retired.
+    InvalidateByPrefix {
+        /// The prefix, e.g. `"acme:"` for one tenant.
+        prefix: String,
+        /// Receives the number of keys retired.
+        reply: RpcReplyPort<usize>,
+    },
+    /// A snapshot of the pool's counters and resident keys.
+    Stats {
+        /// Receives the snapshot.
+        reply: RpcReplyPort<Stats>,
+    },
+    /// Shut the pool down: refuse new work, let builds in flight finish or
+    /// time out, retire everything, wait up to `deadline` for disposals, then
+    /// stop. The reply, if any, carries the report.
+    Shutdown {
+        /// How long to wait for dispose hooks before reporting.
+        deadline: Duration,
+        /// Receives the report once the pool has stopped.
+        reply: Option<RpcReplyPort<ShutdownReport>>,
+    },
+    /// Messages only the crate itself can build (a caller's request, a key
+    /// actor's report, a sweep tick).
+    #[doc(hidden)]
+    Internal(Internal<T>),
+}
+
+impl<T: Send + Sync + 'static> std::fmt::Debug for SupervisorMsg<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SupervisorMsg::Invalidate { key, .. } => f.debug_struct("Invalidate").field("key", key).finish(),
+            SupervisorMsg::InvalidateByPrefix { prefix, .. } => {
+                f.debug_struct("InvalidateByPrefix").field("prefix", prefix).finish()
+            }
+            SupervisorMsg::Stats { .. } => f.write_str("Stats"),
+            SupervisorMsg::Shutdown { deadline, .. } => f.debug_struct("Shutdown").field("deadline", deadline).finish(),
+            SupervisorMsg::Internal(_) => f.write_str("Internal"),
+        }
+    }
+}
+
+/// A message only the crate can build.
+#[doc(hidden)]
+pub struct Internal<T: Send + Sync + 'static>(pub(crate) SupervisorInternal<T>);
+
+impl<T: Send + Sync + 'static> std::fmt::Debug for Internal<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Internal")
+    }
+}
+
+impl<T: Send + Sync + 'static> From<SupervisorInternal<T>> for SupervisorMsg<T> {
+    fn from(msg: SupervisorInternal<T>) -> Self {
+        SupervisorMsg::Internal(Internal(msg))
+    }
+}
+
+/// The supervisor's internal messages.
+pub(crate) enum SupervisorInternal<T: Send + Sync + 'static> {
+    /// A caller wants an instance for `key`; routed to the key's actor.
+    Get {
+        /// The key.
+        key: Arc<str>,
+        /// The caller's request, forwarded as is.
+        request: Request<T>,
+    },
+    /// Put an instance built elsewhere into the pool.
+    Insert {
+        /// The key.
+        key: Arc<str>,
+        /// The instance and what it is for.
+        insert: InsertRequest<T>,
+    },
+    /// A key actor's state changed.
+    Report {
+        /// The reporting key.
+        key: Arc<str>,
+        /// Which actor reports (a stale actor's report is ignored).
+        actor: ActorId,
+        /// Its new state.
+        report: KeyReport<T>,
+    },
+    /// Time to retire expired and idle entries.
+    Sweep,
+    /// Every key actor has finished its shutdown; wait for the disposer and
+    /// answer the shutdown callers.
+    KeysShutDown {
+        /// Instances the shutdown retired.
+        retired: u64,
+    },
+    /// The disposer has drained: answer every shutdown caller and stop.
+    ShutdownDone {
+        /// The report for the callers.
+        report: ShutdownReport,
+    },
+}
+
+/// One caller's request for an instance.
+pub(crate) struct Request<T: Send + Sync + 'static> {
+    /// The hash of the credentials the caller holds.
+    pub(crate) hash: CredentialsHash,
+    /// Builds an instance when none matches.
+    pub(crate) factory: Factory<T>,
+    /// A TTL for the instance this request builds, instead of the default.
+    pub(crate) ttl: Option<Duration>,
+    /// Where the lease or error goes.
+    pub(crate) reply: LeaseReply<T>,
+}
+
+/// An instance built elsewhere, to be put in the pool.
+pub(crate) struct InsertRequest<T: Send + Sync + 'static> {
+    /// The credentials hash it was built for.
+    pub(crate) hash: CredentialsHash,
+    /// The instance.
+    pub(crate) value: T,
+    /// A TTL instead of the default.
+    pub(crate) ttl: Option<Duration>,
+    /// Answered once the instance is in place.
+    pub(crate) reply: Option<RpcReplyPort<Result<(), PoolError>>>,
+}
+
+/// What a key actor tells the supervisor about itself. Sent only when its
+/// state changes (never on a hit), so the supervisor's view may lag by a
+/// message; every decision the supervisor makes from it is re-checked by the
+/// key actor.
+pub(crate) enum KeyReport<T: Send + Sync + 'static> {
+    /// A factory call or its retries are under way.
+    Building,
+    /// An instance is resident.
+    Ready {
+        /// The instance's id, to make a later `Retire` precise.
+        generation: u64,
+        /// When its TTL runs out, if it has one.
+        expires_at: Option<Instant>,
+        /// Lets the supervisor see whether the instance is leased
+        /// (strong count above the key actor's own reference).
+        probe: std::sync::Weak<Instance<T>>,
+    },
+    /// Nothing resident, nothing in flight. The supervisor may stop the actor
+    /// if it has sent it nothing since (`seen` equals what it sent), keeping
+    /// its failure history (a cooling key is then answered by the supervisor).
+    Idle {
+        /// Supervisor messages the actor has processed.
+        seen: u64,
+        /// Failure history worth keeping after the actor is gone.
+        restart: Option<RestartState>,
+    },
+}
+
+/// Messages to a key actor.
+pub(crate) enum KeyMsg<T: Send + Sync + 'static> {
+    /// A caller's request (from the supervisor).
+    Get(Request<T>),
+    /// An instance built elsewhere (from the supervisor).
+    Insert(InsertRequest<T>),
+    /// Retire the current instance (from the supervisor).
+    Retire {
+        /// Why.
+        cause: RetireCause,
+        /// Retire only this instance; `None` retires whatever is resident and
+        /// marks a build in flight as stale.
+        generation: Option<u64>,
+        /// Receives whether an instance or a build was retired.
+        reply: Option<RpcReplyPort<bool>>,
+    },
+    /// Finish builds, retire everything and stop (from the supervisor).
+    Shutdown {
+        /// Receives the number of instances retired, when the actor is done.
+        reply: RpcReplyPort<u64>,
+    },
+    /// A build attempt finished (from the build task).
+    BuildDone {
+        /// Which attempt; an answer to an older attempt is ignored.
+        attempt: u64,
+        /// The instance, or why there is none.
+        outcome: Result<Arc<Instance<T>>, PoolError>,
+    },
+    /// Backoff over: try the factory again (from a timer).
+    Retry {
+        /// The attempt this retry belongs to.
+        attempt: u64,
+    },
+}
+
+impl<T: Send + Sync + 'static> KeyMsg<T> {
+    /// Whether the supervisor sent it (and so counts it in `sent`).
+    pub(crate) fn from_supervisor(&self) -> bool {
+        matches!(
+            self,
+            KeyMsg::Get(_) | KeyMsg::Insert(_) | KeyMsg::Retire { .. } | KeyMsg::Shutdown { .. }
+        )
+    }
+}
+
+/// Messages to the disposer actor.
+pub(crate) enum DisposerMsg<T: Send + Sync + 'static> {
+    /// A new instance exists; remember it until it is disposed.
+    Track {
+        /// Its id.
+        id: u64,
+        /// Its key, for the shutdown report.
+        key: Arc<str>,
+    },
+    /// An instance's last reference is gone: run the hook.
+    Dispose {
+        /// Its id.
+        id: u64,
+        /// Its key, given to the hook.
+        key: Arc<str>,
+        /// The instance.
+        value: T,
+    },
+    /// A hook finished (from the hook's task).
+    Done {
+        /// Whether it succeeded.
+        ok: bool,
+    },
+    /// The pool is shutting down: answer once no hook is running, or at the
+    /// deadline; afterwards stop as soon as every tracked instance is disposed.
+    Drain {
+        /// When to answer anyway.
+        deadline: Duration,
+        /// Receives what is still leased and how many hooks still run.
+        reply: RpcReplyPort<DrainReport>,
+    },
+    /// The drain deadline passed (from a timer).
+    DrainDeadline,
+    /// The pool stopped without a drain: stop once every tracked instance is disposed.
+    Close,
+}
+
+/// The disposer's answer to [`DisposerMsg::Drain`].
+#[derive(Debug, Clone)]
+pub(crate) struct DrainReport {
+    /// Keys of instances not yet disposed (so still leased).
+    pub(crate) still_leased: Vec<String>,
+    /// Hooks still running.
+    pub(crate) pending: u64,
+    /// Whether the deadline passed first.
+    pub(crate) deadline_passed: bool,
+}

@@ -1,0 +1,511 @@
+//! The `Pool` handle and its builder.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::FutureExt;
+use ractor::rpc::CallResult;
+use ractor::{Actor, ActorCell, ActorRef, ActorStatus, SpawnErr};
+
+use crate::actors::disposer::{DisposerActor, DisposerArgs};
+use crate::actors::supervisor::{SupervisorActor, SupervisorArgs};
+use crate::actors::{DisposeHook, Settings, Shared, nonzero};
+use crate::config::{PoolConfig, RestartPolicy};
+use crate::error::{BoxError, PoolError};
+use crate::hash::CredentialsHash;
+use crate::lease::Lease;
+use crate::messages::{Factory, InsertRequest, Request, SupervisorInternal, SupervisorMsg};
+use crate::stats::{Metrics, ShutdownReport, Stats};
+
+/// A pool of warm, per-key instances of `T`.
+///
+/// `Pool` is a cheap `Clone` handle (an `Arc`) to the pool's supervisor actor;
+/// clone it into every task that needs instances. Build one with
+/// [`Pool::builder`].
+///
+/// # Concurrent calls on the same key
+///
+/// All calls for one key are handled in order by that key's actor, and at
+/// most one factory call per key is in flight:
+///
+/// - Callers that arrive with the same credentials hash while an instance is
+///   being built wait for that one build and all receive the same instance
+///   (or all the same error).
+/// - A caller with a *different* hash waits until the build in flight is
+///   done; then the instance for the old hash is retired (cause
+///   `credentials`) and one is built for the new hash. Neither group ever
+///   receives the other's instance.
+/// - A call that finds an instance whose TTL or idle time has passed, or
+///   whose hash differs, retires it and builds a new one; leases already
+///   handed out keep the old instance alive until they are dropped.
+/// - If the key is invalidated (or replaced by [`insert`](Pool::insert))
+///   while a build is in flight, that build's result is never served nor
+///   cached: it is disposed, and its waiters are given a fresh build.
+///
+/// # Dropping the last handle
+///
+/// When the last `Pool` handle is dropped without [`shutdown`](Pool::shutdown),
+/// the pool starts the same shutdown in the background (nobody waits for its
+/// report): builds in flight finish, everything is retired and disposed, and
+/// the actors stop. An application that talks to the pool only through
+/// [`Pool::actor`] must keep a handle alive for as long as it uses the pool.
+pub struct Pool<T: Send + Sync + 'static> {
+    inner: Arc<PoolInner<T>>,
+}
+
+struct PoolInner<T: Send + Sync + 'static> {
+    supervisor: ActorRef<SupervisorMsg<T>>,
+    /// How long the shutdown started by dropping the last handle waits for
+    /// dispose hooks.
+    drop_deadline: Duration,
+}
+
+impl<T: Send + Sync + 'static> Drop for PoolInner<T> {
+    fn drop(&mut self) {
+        let _ = self.supervisor.send_message(SupervisorMsg::Shutdown {
+            deadline: self.drop_deadline,
+            reply: None,
+        });
+    }
+}
+
+impl<T: Send + Sync + 'static> Clone for Pool<T> {
+    fn clone(&self) -> Self {
+        Pool {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<T: Send + Sync + 'static> fmt::Debug for Pool<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pool")
+            .field("supervisor", &self.inner.supervisor.get_id())
+            .finish()
+    }
+}
+
+impl<T: Send + Sync + 'static> Pool<T> {
+    /// A builder with every setting at its default.
+    pub fn builder() -> PoolBuilder<T> {
+        PoolBuilder::new()
+    }
+
+    /// Returns a lease on the instance for `key` built from the credentials
+    /// whose hash is `credentials_hash`, calling `factory` to build one if
+    /// there is none that may be served.
+    ///
+    /// An instance is served only while its TTL and idle time have not passed
+    /// and its hash equals `credentials_hash`; otherwise it is retired and
+    /// `factory` builds a new one. `factory` may be called again for retries
+    /// under the [`RestartPolicy`], and only one call per key runs at a time
+    /// (see the type docs for what concurrent callers see).
+    ///
+    /// # Errors
+    ///
+    /// [`PoolError::Factory`], [`PoolError::FactoryPanicked`] or
+    /// [`PoolError::Timeout`] when the build failed (after retries),
+    /// [`PoolError::CoolingDown`] while the key is cooling down,
+    /// [`PoolError::ShutDown`] once the pool is shutting down, and
+    /// [`PoolError::ActorStopped`] if the key's actor was stopped from outside
+    /// mid-call.
+    pub async fn get_or_create<F, Fut, E>(
+        &self,
+        key: &str,
+        credentials_hash: CredentialsHash,
+        factory: F,
+    ) -> Result<Lease<T>, PoolError>
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<T, E>> + Send + 'static,
+        E: Into<BoxError>,
+    {
+        self.get(key, credentials_hash, None, factory).await
+    }
+
+    /// Like [`get_or_create`](Self::get_or_create), but an instance built by
+    /// this call lives for `ttl` (from creation) instead of the pool's
+    /// `time_to_live`; zero means it never expires by age. When several
+    /// callers share one build, the TTL of the call that started it applies.
+    pub async fn get_or_create_with_ttl<F, Fut, E>(
+        &self,
+        key: &str,
+        credentials_hash: CredentialsHash,
+        ttl: Duration,
+        factory: F,
+    ) -> Result<Lease<T>, PoolError>
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<T, E>> + Send + 'static,
+        E: Into<BoxError>,
+    {
+        self.get(key, credentials_hash, Some(ttl), factory).await
+    }
+
+    async fn get<F, Fut, E>(
+        &self,
+        key: &str,
+        hash: CredentialsHash,
+        ttl: Option<Duration>,
+        factory: F,
+    ) -> Result<Lease<T>, PoolError>
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<T, E>> + Send + 'static,
+        E: Into<BoxError>,
+    {
+        let factory: Factory<T> = Arc::new(move || factory().map(|r| r.map_err(Into::into)).boxed());
+        let key: Arc<str> = Arc::from(key);
+        let sent_key = key.clone();
+        let result = self
+            .inner
+            .supervisor
+            .call(
+                move |reply| {
+                    SupervisorInternal::Get {
+                        key: sent_key,
+                        request: Request {
+                            hash,
+                            factory,
+                            ttl,
+                            reply,
+                        },
+                    }
+                    .into()
+                },
+                None,
+            )
+            .await;
+        self.answer(result, &key)?
+    }
+
+    /// Puts `instance`, built elsewhere for `credentials_hash`, into the pool
+    /// under `key` (warm-up, shadow seeding), with the pool's TTL. An instance
+    /// already there is retired (cause `replaced`); a build in flight for the
+    /// key is discarded when it finishes and its waiters are served again,
+    /// from this instance if their hash matches.
+    pub async fn insert(&self, key: &str, credentials_hash: CredentialsHash, instance: T) -> Result<(), PoolError> {
+        self.insert_inner(key, credentials_hash, instance, None).await
+    }
+
+    /// Like [`insert`](Self::insert), with its own TTL (zero: never expires by age).
+    pub async fn insert_with_ttl(
+        &self,
+        key: &str,
+        credentials_hash: CredentialsHash,
+        instance: T,
+        ttl: Duration,
+    ) -> Result<(), PoolError> {
+        self.insert_inner(key, credentials_hash, instance, Some(ttl)).await
+    }
+
+    async fn insert_inner(
+        &self,
+        key: &str,
+        hash: CredentialsHash,
+        value: T,
+        ttl: Option<Duration>,
+    ) -> Result<(), PoolError> {
+        let key: Arc<str> = Arc::from(key);
+        let sent_key = key.clone();
+        let result = self
+            .inner
+            .supervisor
+            .call(
+                move |reply| {
+                    SupervisorInternal::Insert {
+                        key: sent_key,
+                        insert: InsertRequest {
+                            hash,
+                            value,
+                            ttl,
+                            reply: Some(reply),
+                        },
+                    }
+                    .into()
+                },
+                None,
+            )
+            .await;
+        self.answer(result, &key)?
+    }
+
+    /// Retires `key`'s instance (leases keep it alive until dropped). Returns
+    /// whether the key had an instance or a build in flight. Once this
+    /// returns, no caller gets the old instance; a build in flight is
+    /// discarded and its waiters get a fresh one. Also ends a cool-down.
+    pub async fn invalidate(&self, key: &str) -> Result<bool, PoolError> {
+        let key = key.to_string();
+        let result = self
+            .inner
+            .supervisor
+            .call(|reply| SupervisorMsg::Invalidate { key, reply }, None)
+            .await;
+        self.answer(result, "")
+    }
+
+    /// Retires every key that starts with `prefix` (a plain string prefix:
+    /// `"acme:"` matches `"acme:openai"` but not `"acmex:openai"`), in
+    /// O(log N + matches). Returns how many resident keys matched. Once this
+    /// returns, no caller gets any of their old instances.
+    pub async fn invalidate_by_prefix(&self, prefix: &str) -> Result<usize, PoolError> {
+        let prefix = prefix.to_string();
+        let result = self
+            .inner
+            .supervisor
+            .call(|reply| SupervisorMsg::InvalidateByPrefix { prefix, reply }, None)
+            .await;
+        self.answer(result, "")
+    }
+
+    /// A snapshot of the pool's counters and resident keys.
+    pub async fn stats(&self) -> Result<Stats, PoolError> {
+        let result = self
+            .inner
+            .supervisor
+            .call(|reply| SupervisorMsg::Stats { reply }, None)
+            .await;
+        self.answer(result, "")
+    }
+
+    /// Shuts the pool down and reports what happened.
+    ///
+    /// New calls are refused with [`PoolError::ShutDown`] from now on; the
+    /// sweep stops; builds in flight finish (or hit `create_timeout`) and
+    /// their waiters are served; every instance is retired; then the pool
+    /// waits up to `deadline` for dispose hooks to finish. Instances still
+    /// leased are named in the report and disposed when their last lease is
+    /// dropped. Calling it again (or from another handle) waits for the same
+    /// shutdown and gets the same report.
+    pub async fn shutdown(&self, deadline: Duration) -> Result<ShutdownReport, PoolError> {
+        let result = self
+            .inner
+            .supervisor
+            .call(
+                |reply| SupervisorMsg::Shutdown {
+                    deadline,
+                    reply: Some(reply),
+                },
+                None,
+            )
+            .await;
+        self.answer(result, "")
+    }
+
+    /// The supervisor actor, for applications that talk to the pool from
+    /// their own actors with the public variants of [`SupervisorMsg`], or
+    /// that want to monitor it.
+    pub fn actor(&self) -> ActorRef<SupervisorMsg<T>> {
+        self.inner.supervisor.clone()
+    }
+
+    /// Maps a ractor call's outcome to the pool's error.
+    fn answer<R, M>(&self, result: Result<CallResult<R>, ractor::MessagingErr<M>>, key: &str) -> Result<R, PoolError> {
+        match result {
+            Ok(CallResult::Success(value)) => Ok(value),
+            // The reply port was dropped: the key's actor stopped mid-call,
+            // unless the whole pool did.
+            Ok(_) if self.inner.supervisor.get_status() == ActorStatus::Running && !key.is_empty() => {
+                Err(PoolError::ActorStopped { key: key.to_string() })
+            }
+            Ok(_) | Err(_) => Err(PoolError::ShutDown),
+        }
+    }
+}
+
+/// Builds a [`Pool`]. Every setter says its default; a zero duration means
+/// "never" (or "unbounded" for timeouts).
+#[must_use = "a builder does nothing until `spawn` is called"]
+pub struct PoolBuilder<T: Send + Sync + 'static> {
+    settings: Settings,
+    on_dispose: Option<DisposeHook<T>>,
+    name: Option<String>,
+}
+
+impl<T: Send + Sync + 'static> fmt::Debug for PoolBuilder<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PoolBuilder")
+            .field("settings", &self.settings)
+            .field("on_dispose", &self.on_dispose.is_some())
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+impl<T: Send + Sync + 'static> Default for PoolBuilder<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<T: Send + Sync + 'static> PoolBuilder<T> {
+    /// A builder with every setting at its default.
+    pub fn new() -> Self {
+        let mut builder = PoolBuilder {
+            settings: Settings {
+                time_to_live: None,
+                time_to_idle: None,
+                max_entries: 0,
+                sweep_interval: None,
+                create_timeout: None,
+                dispose_timeout: None,
+                restart_policy: RestartPolicy::default(),
+            },
+            on_dispose: None,
+            name: None,
+        };
+        builder = builder.config(&PoolConfig::default());
+        builder
+    }
+
+    /// Applies every value of `config` (for example from
+    /// [`PoolConfig::from_env`]). Setters called afterwards override it.
+    pub fn config(mut self, config: &PoolConfig) -> Self {
+        self.settings.time_to_live = nonzero(config.time_to_live());
+        self.settings.time_to_idle = nonzero(Duration::from_secs(config.idle_seconds));
+        self.settings.max_entries = config.max_entries;
+        self.settings.sweep_interval = nonzero(Duration::from_secs(config.sweep_seconds));
+        self.settings.create_timeout = nonzero(Duration::from_millis(config.create_timeout_ms));
+        self.settings.dispose_timeout = nonzero(Duration::from_millis(config.dispose_timeout_ms));
+        self
+    }
+
+    /// Most keys resident at once; past it the least recently used key
+    /// without a live lease or a build in flight is retired. Defaults to 1,000.
+    pub fn max_entries(mut self, max_entries: usize) -> Self {
+        self.settings.max_entries = max_entries;
+        self
+    }
+
+    /// How long an instance is served after its creation. Defaults to 300 s;
+    /// zero means forever.
+    pub fn time_to_live(mut self, ttl: Duration) -> Self {
+        self.settings.time_to_live = nonzero(ttl);
+        self
+    }
+
+    /// How long an instance may go without being handed out before it is
+    /// retired. Defaults to zero (off).
+    pub fn time_to_idle(mut self, idle: Duration) -> Self {
+        self.settings.time_to_idle = nonzero(idle);
+        self
+    }
+
+    /// How often the sweep retires expired and idle instances when nobody
+    /// calls. Defaults to 60 s; zero turns the sweep off (expiry is then
+    /// checked only on calls).
+    pub fn sweep_interval(mut self, interval: Duration) -> Self {
+        self.settings.sweep_interval = nonzero(interval);
+        self
+    }
+
+    /// Longest a factory call may run before it fails with
+    /// [`PoolError::Timeout`]. Defaults to 30 s; zero means unbounded.
+    pub fn create_timeout(mut self, timeout: Duration) -> Self {
+        self.settings.create_timeout = nonzero(timeout);
+        self
+    }
+
+    /// Longest a dispose hook may run before it is abandoned and counted as
+    /// a failure. Also the deadline of the shutdown that dropping the last
+    /// handle starts. Defaults to 10 s; zero means unbounded.
+    pub fn dispose_timeout(mut self, timeout: Duration) -> Self {
+        self.settings.dispose_timeout = nonzero(timeout);
+        self
+    }
+
+    /// What to do when a factory keeps failing. Defaults to
+    /// [`RestartPolicy::default`]: 2 retries with backoff from 100 ms to 2 s,
+    /// and a cool-down from 10 s doubling to 5 min after 5 failures within 30 s.
+    pub fn restart_policy(mut self, policy: RestartPolicy) -> Self {
+        self.settings.restart_policy = policy;
+        self
+    }
+
+    /// An async hook that runs exactly once per instance, after it is retired
+    /// and its last lease is dropped: close connections, flush, log out.
+    /// It gets the key and the instance. Each runs in its own task, bounded
+    /// by `dispose_timeout`; an error, panic or timeout is logged and counted
+    /// in [`Stats::dispose_failures`]. Defaults to none (the instance is
+    /// dropped).
+    ///
+    /// The hook may return `()` or a `Result<(), E>`.
+    pub fn on_dispose<H, Fut>(mut self, hook: H) -> Self
+    where
+        H: Fn(String, T) -> Fut + Send + Sync + 'static,
+        Fut: Future + Send + 'static,
+        Fut::Output: DisposeOutcome,
+    {
+        self.on_dispose = Some(Arc::new(move |key, value| {
+            hook(key, value).map(DisposeOutcome::into_result).boxed()
+        }));
+        self
+    }
+
+    /// A name for the supervisor actor in ractor's registry (so other actors
+    /// can find it with `ActorRef::where_is`). Defaults to none.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// Starts the pool's actors and returns its handle.
+    pub async fn spawn(self) -> Result<Pool<T>, SpawnErr> {
+        self.start(None).await
+    }
+
+    /// Starts the pool with its supervisor linked under `parent`, an actor of
+    /// the application's own supervision tree: `parent` is notified if the
+    /// pool stops or fails, and stopping `parent` stops the pool.
+    pub async fn spawn_linked(self, parent: ActorCell) -> Result<Pool<T>, SpawnErr> {
+        self.start(Some(parent)).await
+    }
+
+    async fn start(self, parent: Option<ActorCell>) -> Result<Pool<T>, SpawnErr> {
+        let metrics = Arc::new(Metrics::default());
+        let disposer_args = DisposerArgs {
+            hook: self.on_dispose,
+            timeout: self.settings.dispose_timeout,
+            metrics: metrics.clone(),
+        };
+        let (disposer, _) = Actor::spawn(None, DisposerActor::new(), disposer_args).await?;
+        let drop_deadline = self.settings.dispose_timeout.unwrap_or(Duration::from_secs(30));
+        let shared = Arc::new(Shared {
+            settings: self.settings,
+            metrics,
+            disposer: disposer.clone(),
+        });
+        let args = SupervisorArgs { shared };
+        let spawned = match parent {
+            Some(parent) => Actor::spawn_linked(self.name, SupervisorActor::new(), args, parent).await,
+            None => Actor::spawn(self.name, SupervisorActor::new(), args).await,
+        };
+        let (supervisor, _) = spawned.inspect_err(|_| disposer.stop(None))?;
+        Ok(Pool {
+            inner: Arc::new(PoolInner {
+                supervisor,
+                drop_deadline,
+            }),
+        })
+    }
+}
+
+/// What a dispose hook may return: `()` or `Result<(), E>`.
+pub trait DisposeOutcome {
+    /// The outcome as a `Result`.
+    fn into_result(self) -> Result<(), BoxError>;
+}
+
+impl DisposeOutcome for () {
+    fn into_result(self) -> Result<(), BoxError> {
+        Ok(())
+    }
+}
+
+impl<E: Into<BoxError>> DisposeOutcome for Result<(), E> {
+    fn into_result(self) -> Result<(), BoxError> {
+        self.map_err(Into::into)
+    }
+}

@@ -1,0 +1,199 @@
+//! Counters shared by the pool's actors, and the snapshots built from them.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// Why an instance stopped being served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum RetireCause {
+    /// Its time to live, counted from creation, passed.
+    Ttl,
+    /// Nobody took it for longer than the time to idle.
+    Idle,
+    /// The pool was over `max_entries` and this was the least recently used key.
+    Capacity,
+    /// A caller presented a different credentials hash.
+    Credentials,
+    /// `invalidate` or `invalidate_by_prefix` named it.
+    Invalidated,
+    /// `insert` put another instance in its place.
+    Replaced,
+    /// The pool shut down.
+    Shutdown,
+}
+
+impl RetireCause {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            RetireCause::Ttl => "ttl",
+            RetireCause::Idle => "idle",
+            RetireCause::Capacity => "capacity",
+            RetireCause::Credentials => "credentials",
+            RetireCause::Invalidated => "invalidated",
+            RetireCause::Replaced => "replaced",
+            RetireCause::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// Event counters. Atomics rather than actor state because they are written
+/// from many places at once (key actors, build tasks, lease drops, the
+/// disposer) and read only for snapshots; no pool *state* lives here.
+#[derive(Debug, Default)]
+pub(crate) struct Metrics {
+    pub(crate) hits: AtomicU64,
+    pub(crate) misses: AtomicU64,
+    pub(crate) builds: AtomicU64,
+    pub(crate) build_failures: AtomicU64,
+    pub(crate) builds_in_flight: AtomicU64,
+    pub(crate) retired: [AtomicU64; 7],
+    pub(crate) disposals: AtomicU64,
+    pub(crate) dispose_failures: AtomicU64,
+    pub(crate) live_leases: AtomicU64,
+    pub(crate) capacity_overshoot: AtomicU64,
+    pub(crate) actor_restarts: AtomicU64,
+    /// Source of instance ids, unique within the pool.
+    pub(crate) next_instance_id: AtomicU64,
+}
+
+impl Metrics {
+    pub(crate) fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn retired(&self, cause: RetireCause) {
+        Self::bump(&self.retired[cause as usize]);
+    }
+
+    fn retired_count(&self, cause: RetireCause) -> u64 {
+        self.retired[cause as usize].load(Relaxed)
+    }
+
+    pub(crate) fn retirements(&self) -> Retirements {
+        Retirements {
+            ttl: self.retired_count(RetireCause::Ttl),
+            idle: self.retired_count(RetireCause::Idle),
+            capacity: self.retired_count(RetireCause::Capacity),
+            credentials: self.retired_count(RetireCause::Credentials),
+            invalidated: self.retired_count(RetireCause::Invalidated),
+            replaced: self.retired_count(RetireCause::Replaced),
+            shutdown: self.retired_count(RetireCause::Shutdown),
+        }
+    }
+
+    /// A snapshot of the counters; the supervisor fills in what it owns.
+    pub(crate) fn snapshot(&self) -> Stats {
+        Stats {
+            size: 0,
+            keys: Vec::new(),
+            hits: self.hits.load(Relaxed),
+            misses: self.misses.load(Relaxed),
+            builds: self.builds.load(Relaxed),
+            build_failures: self.build_failures.load(Relaxed),
+            builds_in_flight: self.builds_in_flight.load(Relaxed),
+            retirements: self.retirements(),
+            disposals: self.disposals.load(Relaxed),
+            dispose_failures: self.dispose_failures.load(Relaxed),
+            live_leases: self.live_leases.load(Relaxed),
+            capacity_overshoot: self.capacity_overshoot.load(Relaxed),
+            actor_restarts: self.actor_restarts.load(Relaxed),
+            cooling_keys: Vec::new(),
+        }
+    }
+}
+
+/// Retirements counted by cause.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Retirements {
+    /// Time to live passed.
+    pub ttl: u64,
+    /// Time to idle passed.
+    pub idle: u64,
+    /// Least recently used key retired to stay within `max_entries`.
+    pub capacity: u64,
+    /// A caller presented another credentials hash.
+    pub credentials: u64,
+    /// Named by `invalidate` or `invalidate_by_prefix` (also builds that were
+    /// invalidated while in flight, which are never served).
+    pub invalidated: u64,
+    /// Replaced by `insert`.
+    pub replaced: u64,
+    /// Retired by `shutdown`.
+    pub shutdown: u64,
+}
+
+impl Retirements {
+    /// All retirements, whatever the cause.
+    pub fn total(&self) -> u64 {
+        self.ttl + self.idle + self.capacity + self.credentials + self.invalidated + self.replaced + self.shutdown
+    }
+}
+
+/// A key that is cooling down after repeated factory failures.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CoolingKey {
+    /// The key.
+    pub key: String,
+    /// Time left until the factory is tried again.
+    pub retry_after: Duration,
+}
+
+/// A snapshot of the pool, from [`Pool::stats`](crate::Pool::stats).
+///
+/// Counters are totals since the pool started. The snapshot is taken in the
+/// supervisor's mailbox, so `size` and `keys` agree with each other; counters
+/// written by other actors at that very moment may be one event apart.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Stats {
+    /// Keys resident now (each with its key actor), not counting keys being retired.
+    pub size: usize,
+    /// The resident keys, in key order.
+    pub keys: Vec<String>,
+    /// Calls served from a cached instance.
+    pub hits: u64,
+    /// Calls that had to wait for a build (including those that joined one in flight).
+    pub misses: u64,
+    /// Instances built successfully by factories.
+    pub builds: u64,
+    /// Factory attempts that failed (error, panic or timeout), retries included.
+    pub build_failures: u64,
+    /// Factory calls running now.
+    pub builds_in_flight: u64,
+    /// Retirements by cause.
+    pub retirements: Retirements,
+    /// Instances disposed (hook finished, failed, or no hook and dropped).
+    pub disposals: u64,
+    /// Dispose hooks that returned an error, panicked or timed out (a subset of `disposals`).
+    pub dispose_failures: u64,
+    /// Leases alive now.
+    pub live_leases: u64,
+    /// Times a new key was admitted over `max_entries` because every other key was leased or building.
+    pub capacity_overshoot: u64,
+    /// Key actors that stopped unexpectedly and were replaced.
+    pub actor_restarts: u64,
+    /// Keys cooling down now.
+    pub cooling_keys: Vec<CoolingKey>,
+}
+
+/// What [`Pool::shutdown`](crate::Pool::shutdown) did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ShutdownReport {
+    /// Instances retired by the shutdown itself.
+    pub retired: u64,
+    /// Instances disposed over the pool's whole life (hook run or value dropped).
+    pub disposed: u64,
+    /// Dispose hooks that failed, panicked or timed out, over the pool's whole life.
+    pub dispose_failures: u64,
+    /// Keys whose instances were still leased when the report was made; each
+    /// is disposed when its last lease is dropped (its hook runs only if the
+    /// runtime is still alive, otherwise the value is just dropped).
+    pub still_leased: Vec<String>,
+    /// Dispose hooks still running when the deadline passed.
+    pub disposals_pending: u64,
+    /// Whether the deadline passed before every dispose finished.
+    pub deadline_passed: bool,
+}
