@@ -178,7 +178,7 @@ impl<T: Send + Sync + 'static> Pool<T> {
                 None,
             )
             .await;
-        self.answer(result, &key)?
+        self.answer(result, Some(&*key))?
     }
 
     /// Puts `instance`, built elsewhere for `credentials_hash`, into the pool
@@ -229,7 +229,7 @@ impl<T: Send + Sync + 'static> Pool<T> {
                 None,
             )
             .await;
-        self.answer(result, &key)?
+        self.answer(result, Some(&*key))?
     }
 
     /// Retires `key`'s instance (leases keep it alive until dropped). Returns
@@ -237,13 +237,13 @@ impl<T: Send + Sync + 'static> Pool<T> {
     /// returns, no caller gets the old instance; a build in flight is
     /// discarded and its waiters get a fresh one. Also ends a cool-down.
     pub async fn invalidate(&self, key: &str) -> Result<bool, PoolError> {
-        let key = key.to_string();
+        let owned = key.to_string();
         let result = self
             .inner
             .supervisor
-            .call(|reply| SupervisorMsg::Invalidate { key, reply }, None)
+            .call(|reply| SupervisorMsg::Invalidate { key: owned, reply }, None)
             .await;
-        self.answer(result, "")
+        self.answer(result, Some(key))
     }
 
     /// Retires every key that starts with `prefix` (a plain string prefix:
@@ -257,7 +257,7 @@ impl<T: Send + Sync + 'static> Pool<T> {
             .supervisor
             .call(|reply| SupervisorMsg::InvalidateByPrefix { prefix, reply }, None)
             .await;
-        self.answer(result, "")
+        self.answer(result, None)
     }
 
     /// A snapshot of the pool's counters and resident keys.
@@ -267,7 +267,7 @@ impl<T: Send + Sync + 'static> Pool<T> {
             .supervisor
             .call(|reply| SupervisorMsg::Stats { reply }, None)
             .await;
-        self.answer(result, "")
+        self.answer(result, None)
     }
 
     /// Shuts the pool down and reports what happened.
@@ -291,7 +291,7 @@ impl<T: Send + Sync + 'static> Pool<T> {
                 None,
             )
             .await;
-        self.answer(result, "")
+        self.answer(result, None)
     }
 
     /// The supervisor actor, for applications that talk to the pool from
@@ -302,14 +302,19 @@ impl<T: Send + Sync + 'static> Pool<T> {
     }
 
     /// Maps a ractor call's outcome to the pool's error.
-    fn answer<R, M>(&self, result: Result<CallResult<R>, ractor::MessagingErr<M>>, key: &str) -> Result<R, PoolError> {
+    fn answer<R, M>(
+        &self,
+        result: Result<CallResult<R>, ractor::MessagingErr<M>>,
+        key: Option<&str>,
+    ) -> Result<R, PoolError> {
         match result {
             Ok(CallResult::Success(value)) => Ok(value),
             // The reply port was dropped: the key's actor stopped mid-call,
             // unless the whole pool did.
-            Ok(_) if self.inner.supervisor.get_status() == ActorStatus::Running && !key.is_empty() => {
-                Err(PoolError::ActorStopped { key: key.to_string() })
-            }
+            Ok(_) if self.inner.supervisor.get_status() == ActorStatus::Running => match key {
+                Some(key) => Err(PoolError::ActorStopped { key: key.to_string() }),
+                None => Err(PoolError::ShutDown),
+            },
             Ok(_) | Err(_) => Err(PoolError::ShutDown),
         }
     }

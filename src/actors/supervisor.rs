@@ -180,16 +180,16 @@ impl<T: Send + Sync + 'static> SupervisorState<T> {
 
     /// Sends `msg` to the key's actor, spawning one if there is none (or if
     /// the one there has just died); marks the key used.
-    async fn route(
-        &mut self,
-        myself: &ActorRef<SupervisorMsg<T>>,
-        key: Arc<str>,
-        msg: KeyMsg<T>,
-    ) -> Result<(), ActorProcessingErr> {
+    async fn route(&mut self, myself: &ActorRef<SupervisorMsg<T>>, key: Arc<str>, msg: KeyMsg<T>) {
         let mut msg = msg;
         for _ in 0..2 {
-            if !self.entries.contains(&key) {
-                self.spawn_key(myself, &key).await?;
+            if !self.entries.contains(&key)
+                && let Err(error) = self.spawn_key(myself, &key).await
+            {
+                // Dropping `msg` drops the caller's reply port: the caller
+                // gets `ActorStopped` and the pool itself keeps running.
+                tracing::error!(key = %key, error = %error, "could not start a key actor");
+                return;
             }
             let entry = self.entries.get_mut(&key).expect("present or just spawned");
             entry.last_used = Instant::now();
@@ -198,7 +198,7 @@ impl<T: Send + Sync + 'static> SupervisorState<T> {
                 self.resident += 1;
             }
             match entry.send(msg) {
-                Ok(()) => return Ok(()),
+                Ok(()) => return,
                 Err(back) => {
                     // The actor died and its termination event is still on
                     // the way: forget it now and start a fresh one.
@@ -207,7 +207,6 @@ impl<T: Send + Sync + 'static> SupervisorState<T> {
                 }
             }
         }
-        Ok(())
     }
 
     /// Removes a key's entry from every index.
@@ -520,7 +519,7 @@ impl<T: Send + Sync + 'static> Actor for SupervisorActor<T> {
                         let _ = request.reply.send(Err(error));
                         return Ok(());
                     }
-                    state.route(&myself, key, KeyMsg::Get(request)).await?;
+                    state.route(&myself, key, KeyMsg::Get(request)).await;
                 }
                 SupervisorInternal::Insert { key, insert } => {
                     if state.shutting_down {
@@ -529,7 +528,7 @@ impl<T: Send + Sync + 'static> Actor for SupervisorActor<T> {
                         }
                         return Ok(());
                     }
-                    state.route(&myself, key, KeyMsg::Insert(insert)).await?;
+                    state.route(&myself, key, KeyMsg::Insert(insert)).await;
                 }
                 SupervisorInternal::Report { key, actor, report } => {
                     if !state.shutting_down {
