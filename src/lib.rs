@@ -49,6 +49,7 @@
 #![warn(missing_debug_implementations, unreachable_pub)]
 
 mod actors;
+pub mod bus;
 mod config;
 mod error;
 mod hash;

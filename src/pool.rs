@@ -55,8 +55,9 @@ pub struct Pool<T: Send + Sync + 'static> {
     inner: Arc<PoolInner<T>>,
 }
 
-struct PoolInner<T: Send + Sync + 'static> {
+pub(crate) struct PoolInner<T: Send + Sync + 'static> {
     supervisor: ActorRef<SupervisorMsg<T>>,
+    metrics: Arc<Metrics>,
     /// How long the shutdown started by dropping the last handle waits for
     /// dispose hooks.
     drop_deadline: Duration,
@@ -301,6 +302,21 @@ impl<T: Send + Sync + 'static> Pool<T> {
         self.inner.supervisor.clone()
     }
 
+    pub(crate) fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
+    }
+
+    /// Whether the pool has shut down (or is shutting down and has stopped).
+    pub fn is_shut_down(&self) -> bool {
+        self.inner.supervisor.get_status() != ActorStatus::Running
+    }
+
+    /// A handle that does not keep the pool alive (for background listeners,
+    /// so that dropping the application's last `Pool` still shuts it down).
+    pub(crate) fn downgrade(&self) -> WeakPool<T> {
+        WeakPool(Arc::downgrade(&self.inner))
+    }
+
     /// Maps a ractor call's outcome to the pool's error.
     fn answer<R, M>(
         &self,
@@ -317,6 +333,21 @@ impl<T: Send + Sync + 'static> Pool<T> {
             },
             Ok(_) | Err(_) => Err(PoolError::ShutDown),
         }
+    }
+}
+
+/// A [`Pool`] handle that does not keep the pool alive.
+pub(crate) struct WeakPool<T: Send + Sync + 'static>(std::sync::Weak<PoolInner<T>>);
+
+impl<T: Send + Sync + 'static> WeakPool<T> {
+    pub(crate) fn upgrade(&self) -> Option<Pool<T>> {
+        self.0.upgrade().map(|inner| Pool { inner })
+    }
+}
+
+impl<T: Send + Sync + 'static> fmt::Debug for WeakPool<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("WeakPool")
     }
 }
 
@@ -479,7 +510,7 @@ impl<T: Send + Sync + 'static> PoolBuilder<T> {
         let drop_deadline = self.settings.dispose_timeout.unwrap_or(Duration::from_secs(30));
         let shared = Arc::new(Shared {
             settings: self.settings,
-            metrics,
+            metrics: metrics.clone(),
             disposer: disposer.clone(),
         });
         let args = SupervisorArgs { shared };
@@ -491,6 +522,7 @@ impl<T: Send + Sync + 'static> PoolBuilder<T> {
         Ok(Pool {
             inner: Arc::new(PoolInner {
                 supervisor,
+                metrics,
                 drop_deadline,
             }),
         })

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::bus::{BusMetrics, BusStats};
+
 /// Why an instance stopped being served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -58,6 +60,10 @@ pub(crate) struct Metrics {
     pub(crate) actor_restarts: AtomicU64,
     /// Source of instance ids, unique within the pool.
     pub(crate) next_instance_id: AtomicU64,
+    /// Instances put in with `insert`.
+    pub(crate) inserts: AtomicU64,
+    /// Event-bus counters.
+    pub(crate) bus: BusMetrics,
 }
 
 impl Metrics {
@@ -102,6 +108,8 @@ impl Metrics {
             capacity_overshoot: self.capacity_overshoot.load(Relaxed),
             actor_restarts: self.actor_restarts.load(Relaxed),
             cooling_keys: Vec::new(),
+            inserts: self.inserts.load(Relaxed),
+            bus: self.bus.snapshot(),
         }
     }
 }
@@ -177,6 +185,10 @@ pub struct Stats {
     pub actor_restarts: u64,
     /// Keys cooling down now.
     pub cooling_keys: Vec<CoolingKey>,
+    /// Instances put in with `insert` (not counted in `builds`).
+    pub inserts: u64,
+    /// Invalidations received over an event bus.
+    pub bus: BusStats,
 }
 
 /// What [`Pool::shutdown`](crate::Pool::shutdown) did.

@@ -310,6 +310,7 @@ impl<T: Send + Sync + 'static> KeyState<T> {
     }
 
     fn insert(&mut self, insert: InsertRequest<T>) {
+        Metrics::bump(&self.metrics().inserts);
         let instance = Instance::new(
             insert.value,
             self.key.clone(),
