@@ -517,6 +517,7 @@ pub(crate) async fn apply<T: Send + Sync + 'static>(pool: &Pool<T>, scope: &Scop
 }
 
 /// Exponential backoff with jitter for reconnects: 100 ms doubling to 10 s.
+#[cfg_attr(not(any(feature = "redis", feature = "nats")), allow(dead_code))]
 pub(crate) fn reconnect_delay(attempt: u32) -> Duration {
     let base = Duration::from_millis(100)
         .saturating_mul(1u32.checked_shl(attempt.min(16)).unwrap_or(u32::MAX))

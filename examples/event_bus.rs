@@ -1,0 +1,99 @@
+//! Two service instances, each with its own pool, keep each other's cached
+//! clients fresh over an event bus: a credential rotation published by one
+//! invalidates the other's copy.
+//!
+//! Run with the embedded bus (no server needed):
+//!
+//! ```text
+//! cargo run --example event_bus
+//! ```
+//!
+//! or over a Redis on 127.0.0.1:6379:
+//!
+//! ```text
+//! cargo run --example event_bus --features redis
+//! ```
+
+use std::time::Duration;
+
+use warmpool::bus::{ListenOptions, Scope, new_origin};
+use warmpool::{Pool, hash_credentials};
+
+/// A stand-in for an SDK client.
+#[derive(Debug)]
+struct ProviderClient {
+    api_key_suffix: String,
+}
+
+async fn connect(api_key: String) -> Result<ProviderClient, std::io::Error> {
+    tokio::time::sleep(Duration::from_millis(100)).await; // TLS + auth
+    Ok(ProviderClient {
+        api_key_suffix: api_key[api_key.len() - 4..].to_string(),
+    })
+}
+
+async fn client_for(pool: &Pool<ProviderClient>, api_key: &str) -> Result<String, Box<dyn std::error::Error>> {
+    let hash = hash_credentials(&serde_json::json!({ "api_key": api_key }))?;
+    let key = api_key.to_string();
+    let lease = pool
+        .get_or_create("acme:openai", hash, move || connect(key.clone()))
+        .await?;
+    Ok(format!("client #{} (key ...{})", lease.instance_id(), lease.api_key_suffix))
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let (origin_a, origin_b) = (new_origin("instance-a"), new_origin("instance-b"));
+    let pool_a: Pool<ProviderClient> = Pool::builder().spawn().await?;
+    let pool_b: Pool<ProviderClient> = Pool::builder().spawn().await?;
+    let listen = |origin: &str| ListenOptions {
+        origin: origin.to_string(),
+        ..Default::default()
+    };
+
+    println!("instance B warms its client: {}", client_for(&pool_b, "sk-old-1111").await?);
+
+    #[cfg(not(feature = "redis"))]
+    let publish = {
+        println!("transport: embedded bus (in process)");
+        let bus = warmpool::bus::LocalBus::new(1024);
+        bus.attach(&pool_a, listen(&origin_a));
+        bus.attach(&pool_b, listen(&origin_b));
+        let publisher = bus.publisher(&origin_a, None);
+        move |scope| {
+            publisher.publish(scope);
+        }
+    };
+    #[cfg(feature = "redis")]
+    let publish = {
+        println!("transport: Redis pub/sub on 127.0.0.1:6379");
+        let bus = warmpool::bus::redis::RedisBus::new("redis://127.0.0.1:6379", "warmpool:example")?;
+        bus.attach(&pool_a, listen(&origin_a)).await?;
+        bus.attach(&pool_b, listen(&origin_b)).await?;
+        let publisher = std::sync::Arc::new(bus.publisher(&origin_a, None).await?);
+        move |scope| {
+            let publisher = publisher.clone();
+            tokio::spawn(async move { publisher.publish(scope).await });
+        }
+    };
+
+    println!("instance A rotates acme's key and publishes an invalidation");
+    publish(Scope::Prefix("acme:".into()));
+
+    for _ in 0..100 {
+        if pool_b.stats().await?.bus.applied == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let stats = pool_b.stats().await?;
+    println!(
+        "instance B applied {} invalidation(s); resident keys now: {:?}",
+        stats.bus.applied, stats.keys
+    );
+    println!("instance B builds a fresh client: {}", client_for(&pool_b, "sk-new-2222").await?);
+
+    pool_a.shutdown(Duration::from_secs(1)).await?;
+    pool_b.shutdown(Duration::from_secs(1)).await?;
+    Ok(())
+}
