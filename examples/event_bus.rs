@@ -38,7 +38,11 @@ async fn client_for(pool: &Pool<ProviderClient>, api_key: &str) -> Result<String
     let lease = pool
         .get_or_create("acme:openai", hash, move || connect(key.clone()))
         .await?;
-    Ok(format!("client #{} (key ...{})", lease.instance_id(), lease.api_key_suffix))
+    Ok(format!(
+        "client #{} (key ...{})",
+        lease.instance_id(),
+        lease.api_key_suffix
+    ))
 }
 
 #[tokio::main]
@@ -51,7 +55,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         ..Default::default()
     };
 
-    println!("instance B warms its client: {}", client_for(&pool_b, "sk-old-1111").await?);
+    println!(
+        "instance B warms its client: {}",
+        client_for(&pool_b, "sk-old-1111").await?
+    );
 
     #[cfg(not(feature = "redis"))]
     let publish = {
@@ -91,7 +98,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "instance B applied {} invalidation(s); resident keys now: {:?}",
         stats.bus.applied, stats.keys
     );
-    println!("instance B builds a fresh client: {}", client_for(&pool_b, "sk-new-2222").await?);
+    println!(
+        "instance B builds a fresh client: {}",
+        client_for(&pool_b, "sk-new-2222").await?
+    );
 
     pool_a.shutdown(Duration::from_secs(1)).await?;
     pool_b.shutdown(Duration::from_secs(1)).await?;

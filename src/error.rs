@@ -17,22 +17,19 @@ pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
 /// `Clone` and the factory's own error travels as an [`Arc`]
 /// ([`SharedError`]): every waiter sees the same value, and
 /// [`source()`](StdError::source) returns it.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum PoolError {
     /// The factory returned an error on its last attempt.
-    #[error("factory for key `{key}` failed after {attempts} attempt(s): {source}")]
     Factory {
         /// The key whose factory failed.
         key: String,
         /// How many attempts the restart policy made before giving up.
         attempts: u32,
         /// The factory's own error.
-        #[source]
         source: SharedError,
     },
     /// The factory panicked; the panic was contained and the pool keeps serving.
-    #[error("factory for key `{key}` panicked: {message}")]
     FactoryPanicked {
         /// The key whose factory panicked.
         key: String,
@@ -40,7 +37,6 @@ pub enum PoolError {
         message: String,
     },
     /// The factory did not finish within `create_timeout`.
-    #[error("factory for key `{key}` did not finish within {after:?}")]
     Timeout {
         /// The key whose factory hung.
         key: String,
@@ -49,7 +45,6 @@ pub enum PoolError {
     },
     /// The key failed too often within the restart policy's window and is
     /// cooling down; no factory is called until `retry_after` has passed.
-    #[error("key `{key}` is cooling down after repeated failures; retry after {retry_after:?}")]
     CoolingDown {
         /// The cooling key.
         key: String,
@@ -57,12 +52,10 @@ pub enum PoolError {
         retry_after: Duration,
     },
     /// The pool is shutting down or has shut down and takes no new work.
-    #[error("the pool is shut down and takes no new work")]
     ShutDown,
     /// The actor that served this call stopped before it answered (for
     /// example it was stopped from outside). The supervisor starts a fresh
     /// actor for the key on the next call, so retrying is safe.
-    #[error("the actor serving key `{key}` stopped before it answered; retry")]
     ActorStopped {
         /// The key whose actor stopped.
         key: String,
@@ -86,6 +79,41 @@ impl PoolError {
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             PoolError::CoolingDown { retry_after, .. } => Some(*retry_after),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for PoolError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PoolError::Factory { key, attempts, source } => {
+                write!(
+                    f,
+                    "factory for key `{key}` failed after {attempts} attempt(s): {source}"
+                )
+            }
+            PoolError::FactoryPanicked { key, message } => write!(f, "factory for key `{key}` panicked: {message}"),
+            PoolError::Timeout { key, after } => write!(f, "factory for key `{key}` did not finish within {after:?}"),
+            PoolError::CoolingDown { key, retry_after } => write!(
+                f,
+                "key `{key}` is cooling down after repeated failures; retry after {retry_after:?}"
+            ),
+            PoolError::ShutDown => f.write_str("the pool is shut down and takes no new work"),
+            PoolError::ActorStopped { key } => {
+                write!(f, "the actor serving key `{key}` stopped before it answered; retry")
+            }
+        }
+    }
+}
+
+// Written by hand rather than derived: a derived `source()` would return the
+// `Arc` itself, and `downcast_ref::<YourError>()` on it would fail. This one
+// returns the factory's own error, so callers can downcast it.
+impl StdError for PoolError {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        match self {
+            PoolError::Factory { source, .. } => Some(&**source),
             _ => None,
         }
     }

@@ -8,7 +8,10 @@ use std::time::Duration;
 use warmpool::bus::{Invalidation, ListenOptions, LocalBus, Recovery, Scope, SigningKey, Stamper, new_origin};
 
 async fn warm(pool: &warmpool::Pool<Client>, c: &std::sync::Arc<Counters>, key: &str) {
-    let lease = pool.get_or_create(key, h(1), factory(c, key, h(1), Duration::ZERO)).await.unwrap();
+    let lease = pool
+        .get_or_create(key, h(1), factory(c, key, h(1), Duration::ZERO))
+        .await
+        .unwrap();
     drop(lease);
 }
 
@@ -33,12 +36,18 @@ async fn publish_invalidates_other_instance() {
     warm(&b, &cb, "globex:openai").await;
     let publisher = bus.publisher(&oa, None);
     assert_eq!(publisher.publish(Scope::Key("acme:openai".into())), 2);
-    eventually("b applied the invalidation", async || b.stats().await.unwrap().bus.applied == 1).await;
+    eventually("b applied the invalidation", async || {
+        b.stats().await.unwrap().bus.applied == 1
+    })
+    .await;
     let stats = b.stats().await.unwrap();
     assert_eq!(stats.retirements.invalidated, 1);
     assert_eq!(stats.keys, vec!["globex:openai".to_string()]);
     // A's own listener saw its echo and ignored it.
-    eventually("a ignored its echo", async || a.stats().await.unwrap().bus.echoes_ignored == 1).await;
+    eventually("a ignored its echo", async || {
+        a.stats().await.unwrap().bus.echoes_ignored == 1
+    })
+    .await;
     assert_eq!(a.stats().await.unwrap().bus.applied, 0);
     warm(&b, &cb, "acme:openai").await;
     assert_eq!(cb.builds(), 3, "the invalidated key was built again");
@@ -63,9 +72,13 @@ async fn bad_messages_are_counted_not_applied() {
     bus.publish_raw(br#"{"v":1,"origin":"x","seq":1,"ts_us":0,"scope":"shard","target":"k"}"#.to_vec());
     bus.publish_raw(br#"{"v":2,"origin":"x","seq":1,"ts_us":0,"scope":"all"}"#.to_vec());
     bus.publisher("unsigned", None).publish(Scope::Key("k".into()));
-    bus.publisher("forger", Some(SigningKey::new(b"guess".to_vec()))).publish(Scope::All);
+    bus.publisher("forger", Some(SigningKey::new(b"guess".to_vec())))
+        .publish(Scope::All);
     bus.publisher("friend", Some(key)).publish(Scope::Key("other".into()));
-    eventually("good message applied", async || pool.stats().await.unwrap().bus.applied == 1).await;
+    eventually("good message applied", async || {
+        pool.stats().await.unwrap().bus.applied == 1
+    })
+    .await;
     let stats = pool.stats().await.unwrap();
     assert_eq!(stats.bus.malformed, 3);
     assert_eq!(stats.bus.rejected, 2);
@@ -101,7 +114,11 @@ async fn replays_ignored_and_gaps_recover() {
     assert_eq!(stats.bus.replayed, 1);
     assert_eq!(stats.bus.gaps, 1);
     assert_eq!(stats.bus.recoveries, 1);
-    assert_eq!(stats.keys, vec!["globex:a".to_string()], "x by message, acme:* by recovery");
+    assert_eq!(
+        stats.keys,
+        vec!["globex:a".to_string()],
+        "x by message, acme:* by recovery"
+    );
 }
 
 /// A listener that falls behind the bus's buffer recovers by flushing everything.
@@ -133,8 +150,18 @@ async fn listen_applies_a_stream() {
         warm(&pool, &c, key).await;
     }
     let messages = vec![
-        Invalidation { origin: "p".into(), seq: 1, ts_us: 0, scope: Scope::Prefix("t1:".into()) },
-        Invalidation { origin: "me".into(), seq: 1, ts_us: 0, scope: Scope::All },
+        Invalidation {
+            origin: "p".into(),
+            seq: 1,
+            ts_us: 0,
+            scope: Scope::Prefix("t1:".into()),
+        },
+        Invalidation {
+            origin: "me".into(),
+            seq: 1,
+            ts_us: 0,
+            scope: Scope::All,
+        },
     ];
     let task = pool.listen(futures::stream::iter(messages), options("me"));
     task.await.unwrap();
@@ -152,5 +179,8 @@ async fn listener_ends_with_the_pool() {
     let task = bus.attach(&pool, options("me"));
     pool.shutdown(Duration::from_secs(1)).await.unwrap();
     bus.publisher("peer", None).publish(Scope::All);
-    tokio::time::timeout(Duration::from_secs(5), task).await.expect("listener ended").unwrap();
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("listener ended")
+        .unwrap();
 }

@@ -7,8 +7,14 @@ use std::time::Duration;
 async fn second_call_hits() {
     let c = Counters::new();
     let pool = builder(&c).spawn().await.unwrap();
-    let a = pool.get_or_create("t:a", h(1), factory(&c, "t:a", h(1), Duration::from_millis(10))).await.unwrap();
-    let b = pool.get_or_create("t:a", h(1), factory(&c, "t:a", h(1), Duration::ZERO)).await.unwrap();
+    let a = pool
+        .get_or_create("t:a", h(1), factory(&c, "t:a", h(1), Duration::from_millis(10)))
+        .await
+        .unwrap();
+    let b = pool
+        .get_or_create("t:a", h(1), factory(&c, "t:a", h(1), Duration::ZERO))
+        .await
+        .unwrap();
     assert!(warmpool::Lease::ptr_eq(&a, &b));
     assert_eq!(c.builds(), 1);
     let s = pool.stats().await.unwrap();

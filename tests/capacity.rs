@@ -1,0 +1,284 @@
+mod common;
+use common::*;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use warmpool::{Lease, Pool};
+
+/// Gets `key` with hash 1 from a factory that builds at once.
+async fn get(pool: &Pool<Client>, c: &Arc<Counters>, key: &str) -> Lease<Client> {
+    pool.get_or_create(key, h(1), factory(c, key, h(1), Duration::ZERO))
+        .await
+        .expect("the factory never fails here")
+}
+
+/// Lets every actor and task run to quiescence (paused clock: yields only,
+/// no time passes), so that "nothing happened" assertions mean something.
+async fn settle() {
+    for _ in 0..2_000 {
+        tokio::task::yield_now().await;
+    }
+}
+
+fn strings(keys: &[&str]) -> Vec<String> {
+    keys.iter().map(|k| k.to_string()).collect()
+}
+
+fn disposed_keys(c: &Counters) -> Vec<String> {
+    c.disposed_keys.lock().unwrap().clone()
+}
+
+/// A pool with `max_entries` and the sweep off, so only inserts enforce capacity.
+async fn pool(c: &Arc<Counters>, max_entries: usize) -> Pool<Client> {
+    builder(c)
+        .max_entries(max_entries)
+        .sweep_interval(Duration::ZERO)
+        .spawn()
+        .await
+        .unwrap()
+}
+
+/// At the exact cap (3), inserting a 4th key retires exactly the LRU key (2, since 1 was touched) and nothing else.
+#[tokio::test(start_paused = true)]
+async fn exact_cap_inserting_one_more_retires_exactly_the_lru_key() {
+    let c = Counters::new();
+    let pool = pool(&c, 3).await;
+
+    for key in ["1", "2", "3"] {
+        drop(get(&pool, &c, key).await);
+    }
+    let s = pool.stats().await.unwrap();
+    assert_eq!((s.size, s.retirements.total()), (3, 0), "at the cap nothing is retired");
+    let one = get(&pool, &c, "1").await; // touch: 2 is now least recently used
+    assert_eq!(one.serial, 1, "a hit");
+    drop(one);
+
+    drop(get(&pool, &c, "4").await);
+    eventually("the LRU key is disposed", async || c.disposed() == 1).await;
+    eventually("the evicted key leaves the pool", async || {
+        pool.stats().await.unwrap().keys == strings(&["1", "3", "4"])
+    })
+    .await;
+    settle().await;
+
+    assert_eq!(c.disposed(), 1, "exactly one disposal");
+    assert_eq!(disposed_keys(&c), ["2"]);
+    assert_eq!(c.builds(), 4);
+    let s = pool.stats().await.unwrap();
+    assert_eq!(s.retirements.capacity, 1);
+    assert_eq!(s.retirements.total(), 1, "nothing else retired");
+    assert_eq!(s.capacity_overshoot, 0);
+    assert_eq!(s.size, 3);
+    assert_eq!(s.keys, strings(&["1", "3", "4"]));
+
+    // The survivors are still warm.
+    for (key, serial) in [("1", 1), ("3", 3), ("4", 4)] {
+        assert_eq!(get(&pool, &c, key).await.serial, serial, "{key} is a hit");
+    }
+    assert_eq!(c.builds(), 4);
+}
+
+/// A leased LRU key is skipped: the next unleased LRU key is evicted instead.
+#[tokio::test(start_paused = true)]
+async fn leased_lru_key_is_skipped() {
+    let c = Counters::new();
+    let pool = pool(&c, 3).await;
+
+    let held = get(&pool, &c, "1").await; // LRU, and leased
+    drop(get(&pool, &c, "2").await);
+    drop(get(&pool, &c, "3").await);
+
+    drop(get(&pool, &c, "4").await);
+    eventually("the next unleased LRU key is disposed", async || c.disposed() == 1).await;
+    eventually("the evicted key leaves the pool", async || {
+        pool.stats().await.unwrap().keys == strings(&["1", "3", "4"])
+    })
+    .await;
+    settle().await;
+
+    assert_eq!(disposed_keys(&c), ["2"]);
+    let s = pool.stats().await.unwrap();
+    assert_eq!(s.retirements.capacity, 1);
+    assert_eq!(s.retirements.total(), 1);
+    assert_eq!(s.capacity_overshoot, 0);
+    assert_eq!(s.size, 3);
+
+    // The leased key kept its instance and is still served from it.
+    let again = get(&pool, &c, "1").await;
+    assert!(Lease::ptr_eq(&held, &again));
+    assert_eq!(c.builds(), 4);
+}
+
+/// With every key leased, one more key overshoots (size N+1, overshoot counted, nothing retired); once unleased, the next sweep tick brings size back to N.
+#[tokio::test(start_paused = true)]
+async fn all_leased_overshoots_then_sweep_restores_cap() {
+    let c = Counters::new();
+    let pool = builder(&c)
+        .max_entries(3)
+        .sweep_interval(Duration::from_secs(1))
+        .spawn()
+        .await
+        .unwrap();
+
+    let mut leases = Vec::new();
+    for key in ["1", "2", "3", "4"] {
+        leases.push(get(&pool, &c, key).await);
+    }
+    settle().await;
+    let s = pool.stats().await.unwrap();
+    assert_eq!(s.size, 4, "every key leased: admitted over the cap");
+    assert_eq!(s.capacity_overshoot, 1);
+    assert_eq!(s.retirements.total(), 0, "a leased key is never evicted");
+    assert_eq!(s.keys, strings(&["1", "2", "3", "4"]));
+    assert_eq!(c.disposed(), 0);
+
+    drop(leases);
+    tokio::time::advance(Duration::from_secs(1)).await; // one sweep tick
+    eventually("the sweep brings size back to the cap", async || {
+        pool.stats().await.unwrap().size == 3
+    })
+    .await;
+    eventually("the LRU key is disposed", async || c.disposed() == 1).await;
+    settle().await;
+
+    assert_eq!(disposed_keys(&c), ["1"]);
+    let s = pool.stats().await.unwrap();
+    assert_eq!(s.size, 3);
+    assert_eq!(s.keys, strings(&["2", "3", "4"]));
+    assert_eq!(s.retirements.capacity, 1);
+    assert_eq!(s.retirements.total(), 1);
+    assert_eq!(s.capacity_overshoot, 1);
+    assert_eq!(c.builds(), 4);
+}
+
+/// With every key leased and the sweep off, the next insert after the leases are dropped brings size back to N.
+#[tokio::test(start_paused = true)]
+async fn all_leased_overshoot_is_repaired_by_next_insert() {
+    let c = Counters::new();
+    let pool = pool(&c, 3).await;
+
+    let mut leases = Vec::new();
+    for key in ["1", "2", "3", "4"] {
+        leases.push(get(&pool, &c, key).await);
+    }
+    settle().await;
+    let s = pool.stats().await.unwrap();
+    assert_eq!((s.size, s.capacity_overshoot, s.retirements.total()), (4, 1, 0));
+
+    drop(leases);
+    settle().await;
+    assert_eq!(
+        pool.stats().await.unwrap().size,
+        4,
+        "no sweep: nothing shrinks by itself"
+    );
+
+    drop(get(&pool, &c, "5").await);
+    eventually("size back to the cap", async || pool.stats().await.unwrap().size == 3).await;
+    eventually("the two LRU keys are disposed", async || c.disposed() == 2).await;
+    settle().await;
+
+    assert_eq!(disposed_keys(&c), ["1", "2"]);
+    let s = pool.stats().await.unwrap();
+    assert_eq!(s.keys, strings(&["3", "4", "5"]));
+    assert_eq!(s.retirements.capacity, 2);
+    assert_eq!(s.retirements.total(), 2);
+    assert_eq!(s.capacity_overshoot, 1, "the insert of 5 found an evictable key");
+    assert_eq!(c.builds(), 5);
+}
+
+/// 1,000 distinct keys through a 100-entry pool: size settles at 100, exactly 900 disposals, 1,000 builds.
+#[tokio::test(start_paused = true)]
+async fn thousand_keys_through_a_hundred_entry_pool() {
+    let c = Counters::new();
+    let pool = pool(&c, 100).await;
+
+    let key = |i: usize| format!("k{i:04}");
+    for i in 0..1_000 {
+        drop(get(&pool, &c, &key(i)).await);
+    }
+    eventually("size settles at the cap", async || {
+        pool.stats().await.unwrap().size == 100
+    })
+    .await;
+    eventually("every evicted instance is disposed", async || c.disposed() == 900).await;
+    settle().await;
+
+    assert_eq!(c.builds(), 1_000);
+    assert_eq!(c.disposed(), 900, "exactly once each");
+    let s = pool.stats().await.unwrap();
+    assert_eq!(s.size, 100);
+    assert_eq!(s.builds, 1_000);
+    assert_eq!(s.retirements.capacity, 900);
+    assert_eq!(s.retirements.total(), 900);
+    assert_eq!(s.capacity_overshoot, 0);
+    let expected: Vec<String> = (900..1_000).map(key).collect();
+    assert_eq!(s.keys, expected, "the 100 most recently used keys remain");
+    let mut gone = disposed_keys(&c);
+    gone.sort();
+    assert_eq!(
+        gone,
+        (0..900).map(key).collect::<Vec<_>>(),
+        "each old key disposed once"
+    );
+}
+
+/// An evicted key asked for again gets a fresh factory call and a working instance.
+#[tokio::test(start_paused = true)]
+async fn evicted_key_is_rebuilt_on_next_call() {
+    let c = Counters::new();
+    let pool = pool(&c, 2).await;
+
+    let first_a = get(&pool, &c, "a").await;
+    let first_a_id = first_a.instance_id();
+    drop(first_a);
+    drop(get(&pool, &c, "b").await);
+    drop(get(&pool, &c, "c").await); // evicts a
+    eventually("a is disposed", async || c.disposed() == 1).await;
+    assert_eq!(disposed_keys(&c), ["a"]);
+
+    let again = get(&pool, &c, "a").await; // evicts b
+    assert_ne!(again.instance_id(), first_a_id, "a fresh instance");
+    assert_eq!((again.key.as_str(), again.hash, again.serial), ("a", h(1), 4));
+    assert_eq!(c.builds(), 4, "one fresh factory call");
+    drop(again);
+
+    let hit = get(&pool, &c, "a").await;
+    assert_eq!(hit.serial, 4, "the rebuilt instance is warm");
+    assert_eq!(c.builds(), 4);
+    eventually("b is disposed", async || c.disposed() == 2).await;
+    settle().await;
+    assert_eq!(disposed_keys(&c), ["a", "b"]);
+    let s = pool.stats().await.unwrap();
+    assert_eq!(s.retirements.capacity, 2);
+    assert_eq!(s.keys, strings(&["a", "c"]));
+    assert_eq!(s.size, 2);
+}
+
+/// `insert` of a new key counts against capacity like a build: the LRU key is retired.
+#[tokio::test(start_paused = true)]
+async fn insert_of_a_new_key_evicts_the_lru_key() {
+    let c = Counters::new();
+    let pool = pool(&c, 2).await;
+
+    drop(get(&pool, &c, "a").await);
+    drop(get(&pool, &c, "b").await);
+    let primed = Client {
+        key: "z".to_string(),
+        hash: h(1),
+        serial: 99,
+    };
+    pool.insert("z", h(1), primed).await.unwrap();
+    eventually("a is disposed", async || c.disposed() == 1).await;
+    settle().await;
+
+    assert_eq!(disposed_keys(&c), ["a"]);
+    let s = pool.stats().await.unwrap();
+    assert_eq!(s.retirements.capacity, 1);
+    assert_eq!(s.retirements.total(), 1);
+    assert_eq!(s.keys, strings(&["b", "z"]));
+    assert_eq!(s.size, 2);
+    assert_eq!(get(&pool, &c, "z").await.serial, 99, "the inserted instance is served");
+    assert_eq!(c.builds(), 2);
+}

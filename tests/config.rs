@@ -1,0 +1,536 @@
+//! Configuration (`PoolConfig` from variables and from JSON, caps, and its
+//! effect on a pool) and credentials hashing.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use warmpool::{
+    ConfigCaps, ConfigError, CredentialsHash, DEFAULT_ENV_PREFIX, Pool, PoolConfig, PoolError, RestartPolicy,
+    hash_credentials,
+};
+
+// ---------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------
+
+/// A lookup backed by a map of full variable names to values, as
+/// `PoolConfig::from_lookup` wants it.
+fn vars(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<Result<String, String>> {
+    let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    move |name| map.get(name).cloned().map(Ok)
+}
+
+/// `from_lookup` with the default prefix and caps over `pairs`.
+fn read(pairs: &[(&str, &str)]) -> Result<PoolConfig, ConfigError> {
+    PoolConfig::from_lookup(DEFAULT_ENV_PREFIX, &ConfigCaps::default(), vars(pairs))
+}
+
+/// Small caps for the clamping tests.
+fn small_caps() -> ConfigCaps {
+    ConfigCaps {
+        max_ttl: Duration::from_secs(60),
+        max_idle: Duration::from_secs(30),
+        max_entries: 10,
+        max_sweep: Duration::from_secs(5),
+    }
+}
+
+/// A factory that counts its calls and builds the call's number.
+fn counting(
+    calls: &Arc<AtomicUsize>,
+) -> impl Fn() -> futures::future::Ready<Result<usize, std::io::Error>> + Send + Sync + 'static {
+    let calls = calls.clone();
+    move || futures::future::ready(Ok(calls.fetch_add(1, SeqCst) + 1))
+}
+
+fn hash(value: &impl Serialize) -> CredentialsHash {
+    hash_credentials(value).expect("JSON-serializable credentials")
+}
+
+// ---------------------------------------------------------------------------
+// from_lookup / from_env
+// ---------------------------------------------------------------------------
+
+/// With no variable set, every value is its documented default.
+#[test]
+fn defaults_when_unset() {
+    let config = read(&[]).unwrap();
+    assert_eq!(config, PoolConfig::default());
+    assert_eq!(config.ttl_seconds, 300);
+    assert_eq!(config.ttl_ms, None);
+    assert_eq!(config.time_to_live(), Duration::from_secs(300));
+    assert_eq!(config.idle_seconds, 0);
+    assert_eq!(config.max_entries, 1_000);
+    assert_eq!(config.sweep_seconds, 60);
+    assert_eq!(config.create_timeout_ms, 30_000);
+    assert_eq!(config.dispose_timeout_ms, 10_000);
+}
+
+/// `from_env` with a prefix nobody sets gives the defaults (the process environment is only read).
+#[test]
+fn from_env_with_unset_prefix_gives_defaults() {
+    let config = PoolConfig::from_env("WARMPOOL_CONFIG_TEST_PREFIX_NOBODY_SETS").unwrap();
+    assert_eq!(config, PoolConfig::default());
+}
+
+/// Exactly the seven documented variable names are looked up, under the given prefix.
+#[test]
+fn reads_the_documented_variable_names() {
+    let asked = Mutex::new(Vec::new());
+    PoolConfig::from_lookup(DEFAULT_ENV_PREFIX, &ConfigCaps::default(), |name| {
+        asked.lock().unwrap().push(name.to_string());
+        None
+    })
+    .unwrap();
+    let mut asked = asked.into_inner().unwrap();
+    asked.sort();
+    let mut expected: Vec<String> = [
+        "TTL_SECONDS",
+        "TTL_MS",
+        "IDLE_SECONDS",
+        "MAX_ENTRIES",
+        "SWEEP_SECONDS",
+        "CREATE_TIMEOUT_MS",
+        "DISPOSE_TIMEOUT_MS",
+    ]
+    .iter()
+    .map(|suffix| format!("PROVIDER_RUNTIME_CACHE_{suffix}"))
+    .collect();
+    expected.sort();
+    assert_eq!(asked, expected);
+}
+
+/// `PROVIDER_RUNTIME_CACHE_TTL_SECONDS` sets the time to live.
+#[test]
+fn ttl_seconds_is_read() {
+    let config = read(&[("PROVIDER_RUNTIME_CACHE_TTL_SECONDS", "42")]).unwrap();
+    assert_eq!(config.ttl_seconds, 42);
+    assert_eq!(config.ttl_ms, None);
+    assert_eq!(config.time_to_live(), Duration::from_secs(42));
+}
+
+/// `TTL_MS` wins over `TTL_SECONDS` when both are set.
+#[test]
+fn ttl_ms_wins_over_ttl_seconds() {
+    let config = read(&[
+        ("PROVIDER_RUNTIME_CACHE_TTL_SECONDS", "42"),
+        ("PROVIDER_RUNTIME_CACHE_TTL_MS", "1500"),
+    ])
+    .unwrap();
+    assert_eq!(config.ttl_ms, Some(1500));
+    assert_eq!(config.time_to_live(), Duration::from_millis(1500));
+}
+
+/// Every variable lands in its own field.
+#[test]
+fn every_variable_is_read() {
+    let config = read(&[
+        ("PROVIDER_RUNTIME_CACHE_TTL_SECONDS", "11"),
+        ("PROVIDER_RUNTIME_CACHE_IDLE_SECONDS", "12"),
+        ("PROVIDER_RUNTIME_CACHE_MAX_ENTRIES", "13"),
+        ("PROVIDER_RUNTIME_CACHE_SWEEP_SECONDS", "14"),
+        ("PROVIDER_RUNTIME_CACHE_CREATE_TIMEOUT_MS", "15"),
+        ("PROVIDER_RUNTIME_CACHE_DISPOSE_TIMEOUT_MS", "16"),
+    ])
+    .unwrap();
+    let expected = PoolConfig {
+        ttl_seconds: 11,
+        ttl_ms: None,
+        idle_seconds: 12,
+        max_entries: 13,
+        sweep_seconds: 14,
+        create_timeout_ms: 15,
+        dispose_timeout_ms: 16,
+    };
+    assert_eq!(config, expected);
+}
+
+/// A custom prefix reads its own variables and ignores the default prefix's.
+#[test]
+fn custom_prefix_is_used() {
+    let lookup = vars(&[("MYAPP_TTL_SECONDS", "7"), ("PROVIDER_RUNTIME_CACHE_TTL_SECONDS", "99")]);
+    let config = PoolConfig::from_lookup("MYAPP", &ConfigCaps::default(), lookup).unwrap();
+    assert_eq!(config.ttl_seconds, 7);
+}
+
+/// A value that is not a non-negative integer is an error naming the variable and the value.
+#[test]
+fn malformed_value_names_variable_and_value() {
+    for bad in ["ten", "-5", "1.5", "", "300s"] {
+        let error = read(&[("PROVIDER_RUNTIME_CACHE_TTL_SECONDS", bad)]).unwrap_err();
+        let ConfigError::Malformed { variable, value, .. } = &error else {
+            panic!("expected Malformed for {bad:?}, got {error:?}");
+        };
+        assert_eq!(variable, "PROVIDER_RUNTIME_CACHE_TTL_SECONDS");
+        assert_eq!(value, bad);
+        let text = error.to_string();
+        assert!(text.contains("PROVIDER_RUNTIME_CACHE_TTL_SECONDS"), "{text}");
+        assert!(text.contains(&format!("{bad:?}")), "{text}");
+    }
+}
+
+/// A malformed value in another variable names that variable, not the first one read.
+#[test]
+fn malformed_value_names_the_right_variable() {
+    let error = read(&[
+        ("PROVIDER_RUNTIME_CACHE_TTL_SECONDS", "10"),
+        ("PROVIDER_RUNTIME_CACHE_MAX_ENTRIES", "lots"),
+    ])
+    .unwrap_err();
+    let text = error.to_string();
+    assert!(text.contains("PROVIDER_RUNTIME_CACHE_MAX_ENTRIES"), "{text}");
+    assert!(text.contains("lots"), "{text}");
+    assert!(!text.contains("TTL_SECONDS"), "{text}");
+}
+
+/// A value too large for a u64 is malformed, not silently wrapped or clamped.
+#[test]
+fn overflowing_value_is_malformed() {
+    let error = read(&[("PROVIDER_RUNTIME_CACHE_TTL_MS", "18446744073709551616")]).unwrap_err();
+    assert!(matches!(error, ConfigError::Malformed { .. }), "{error:?}");
+}
+
+/// A non-UTF-8 value (the lookup gives its lossy text as `Err`) is an error carrying that text.
+#[test]
+fn non_utf8_value_is_an_error() {
+    let lossy = "12\u{FFFD}".to_string();
+    let sent = lossy.clone();
+    let result = PoolConfig::from_lookup(DEFAULT_ENV_PREFIX, &ConfigCaps::default(), move |name| {
+        (name == "PROVIDER_RUNTIME_CACHE_IDLE_SECONDS").then(|| Err(sent.clone()))
+    });
+    let error = result.unwrap_err();
+    let ConfigError::Malformed { variable, value, .. } = &error else {
+        panic!("expected Malformed, got {error:?}");
+    };
+    assert_eq!(variable, "PROVIDER_RUNTIME_CACHE_IDLE_SECONDS");
+    assert_eq!(value, &lossy);
+    assert!(error.to_string().contains("PROVIDER_RUNTIME_CACHE_IDLE_SECONDS"));
+}
+
+/// Values above their caps are clamped to the caps; values at or below are kept.
+#[test]
+fn values_above_caps_are_clamped() {
+    let lookup = vars(&[
+        ("PROVIDER_RUNTIME_CACHE_TTL_SECONDS", "3600"),
+        ("PROVIDER_RUNTIME_CACHE_TTL_MS", "3600000"),
+        ("PROVIDER_RUNTIME_CACHE_IDLE_SECONDS", "100"),
+        ("PROVIDER_RUNTIME_CACHE_MAX_ENTRIES", "50"),
+        ("PROVIDER_RUNTIME_CACHE_SWEEP_SECONDS", "10"),
+    ]);
+    let config = PoolConfig::from_lookup(DEFAULT_ENV_PREFIX, &small_caps(), lookup).unwrap();
+    assert_eq!(config.ttl_seconds, 60);
+    assert_eq!(config.ttl_ms, Some(60_000));
+    assert_eq!(config.time_to_live(), Duration::from_secs(60));
+    assert_eq!(config.idle_seconds, 30);
+    assert_eq!(config.max_entries, 10);
+    assert_eq!(config.sweep_seconds, 5);
+
+    let lookup = vars(&[
+        ("PROVIDER_RUNTIME_CACHE_TTL_SECONDS", "60"),
+        ("PROVIDER_RUNTIME_CACHE_IDLE_SECONDS", "29"),
+        ("PROVIDER_RUNTIME_CACHE_MAX_ENTRIES", "10"),
+        ("PROVIDER_RUNTIME_CACHE_SWEEP_SECONDS", "1"),
+    ]);
+    let config = PoolConfig::from_lookup(DEFAULT_ENV_PREFIX, &small_caps(), lookup).unwrap();
+    assert_eq!(
+        (
+            config.ttl_seconds,
+            config.idle_seconds,
+            config.max_entries,
+            config.sweep_seconds
+        ),
+        (60, 29, 10, 1)
+    );
+}
+
+/// `clamped` applies the same caps to a config that came from elsewhere (e.g. JSON).
+#[test]
+fn clamped_applies_caps_to_any_config() {
+    let config = PoolConfig {
+        ttl_seconds: 1_000_000,
+        max_entries: usize::MAX,
+        ..PoolConfig::default()
+    }
+    .clamped(&small_caps());
+    assert_eq!(config.ttl_seconds, 60);
+    assert_eq!(config.max_entries, 10);
+    assert_eq!(config.sweep_seconds, 5, "the default 60 s sweep is above the 5 s cap");
+}
+
+// ---------------------------------------------------------------------------
+// JSON
+// ---------------------------------------------------------------------------
+
+/// `{}` is a valid config and gives the defaults.
+#[test]
+fn json_empty_object_gives_defaults() {
+    let config: PoolConfig = serde_json::from_str("{}").unwrap();
+    assert_eq!(config, PoolConfig::default());
+}
+
+/// Fields present in JSON are taken; missing ones keep their defaults.
+#[test]
+fn json_missing_fields_take_defaults() {
+    let config: PoolConfig = serde_json::from_value(json!({"ttl_ms": 500, "max_entries": 5})).unwrap();
+    assert_eq!(
+        config,
+        PoolConfig {
+            ttl_ms: Some(500),
+            max_entries: 5,
+            ..PoolConfig::default()
+        }
+    );
+    assert_eq!(config.time_to_live(), Duration::from_millis(500));
+}
+
+/// An unknown field (a typo) is rejected with an error that names it.
+#[test]
+fn json_unknown_field_is_rejected_by_name() {
+    let error = serde_json::from_str::<PoolConfig>(r#"{"ttl_second": 5}"#).unwrap_err();
+    assert!(error.to_string().contains("ttl_second"), "{error}");
+}
+
+/// Values of the wrong type or sign are rejected, not defaulted.
+#[test]
+fn json_wrong_types_are_rejected() {
+    assert!(serde_json::from_str::<PoolConfig>(r#"{"ttl_seconds": "300"}"#).is_err());
+    assert!(serde_json::from_str::<PoolConfig>(r#"{"max_entries": -1}"#).is_err());
+    assert!(serde_json::from_str::<PoolConfig>(r#"{"sweep_seconds": 1.5}"#).is_err());
+}
+
+// ---------------------------------------------------------------------------
+// PoolBuilder::config
+// ---------------------------------------------------------------------------
+
+/// A config's `ttl_ms` of 500 is the pool's TTL: a hit at 499 ms, a rebuild at 500 ms.
+#[tokio::test(start_paused = true)]
+async fn builder_config_ttl_is_applied() {
+    let config: PoolConfig = serde_json::from_value(json!({"ttl_ms": 500})).unwrap();
+    let pool: Pool<usize> = Pool::builder().config(&config).spawn().await.unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let h = CredentialsHash::from_u64(1);
+
+    assert_eq!(*pool.get_or_create("t:a", h, counting(&calls)).await.unwrap(), 1);
+    tokio::time::advance(Duration::from_millis(499)).await;
+    assert_eq!(*pool.get_or_create("t:a", h, counting(&calls)).await.unwrap(), 1);
+    tokio::time::advance(Duration::from_millis(1)).await;
+    assert_eq!(*pool.get_or_create("t:a", h, counting(&calls)).await.unwrap(), 2);
+    assert_eq!(calls.load(SeqCst), 2);
+    assert_eq!(pool.stats().await.unwrap().retirements.ttl, 1);
+    pool.shutdown(Duration::from_secs(1)).await.unwrap();
+}
+
+/// A setter called after `config` overrides the config's value.
+#[tokio::test(start_paused = true)]
+async fn setter_after_config_overrides_it() {
+    let config = PoolConfig {
+        ttl_ms: Some(500),
+        ..PoolConfig::default()
+    };
+    let pool: Pool<usize> = Pool::builder()
+        .config(&config)
+        .time_to_live(Duration::from_secs(2))
+        .spawn()
+        .await
+        .unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let h = CredentialsHash::from_u64(1);
+
+    pool.get_or_create("t:a", h, counting(&calls)).await.unwrap();
+    tokio::time::advance(Duration::from_millis(1_500)).await;
+    assert_eq!(*pool.get_or_create("t:a", h, counting(&calls)).await.unwrap(), 1);
+    tokio::time::advance(Duration::from_millis(500)).await;
+    assert_eq!(*pool.get_or_create("t:a", h, counting(&calls)).await.unwrap(), 2);
+    pool.shutdown(Duration::from_secs(1)).await.unwrap();
+}
+
+/// A config's `idle_seconds` retires an instance nobody took for that long.
+#[tokio::test(start_paused = true)]
+async fn builder_config_idle_is_applied() {
+    let config = PoolConfig {
+        idle_seconds: 2,
+        ..PoolConfig::default()
+    };
+    let pool: Pool<usize> = Pool::builder().config(&config).spawn().await.unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let h = CredentialsHash::from_u64(1);
+
+    pool.get_or_create("t:a", h, counting(&calls)).await.unwrap();
+    tokio::time::advance(Duration::from_millis(1_900)).await;
+    // A hand-out resets the idle clock.
+    assert_eq!(*pool.get_or_create("t:a", h, counting(&calls)).await.unwrap(), 1);
+    tokio::time::advance(Duration::from_millis(1_900)).await;
+    assert_eq!(*pool.get_or_create("t:a", h, counting(&calls)).await.unwrap(), 1);
+    tokio::time::advance(Duration::from_secs(2)).await;
+    assert_eq!(*pool.get_or_create("t:a", h, counting(&calls)).await.unwrap(), 2);
+    assert_eq!(pool.stats().await.unwrap().retirements.idle, 1);
+    pool.shutdown(Duration::from_secs(1)).await.unwrap();
+}
+
+/// A config's `create_timeout_ms` bounds a hanging factory.
+#[tokio::test(start_paused = true)]
+async fn builder_config_create_timeout_is_applied() {
+    let config = PoolConfig {
+        create_timeout_ms: 100,
+        ..PoolConfig::default()
+    };
+    let pool: Pool<usize> = Pool::builder()
+        .config(&config)
+        .restart_policy(RestartPolicy::never())
+        .spawn()
+        .await
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    let error = pool
+        .get_or_create("t:hang", CredentialsHash::from_u64(1), || async {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            Ok::<usize, std::io::Error>(0)
+        })
+        .await
+        .unwrap_err();
+    match error {
+        PoolError::Timeout { ref key, after } => {
+            assert_eq!(key, "t:hang");
+            assert_eq!(after, Duration::from_millis(100));
+        }
+        other => panic!("expected Timeout, got {other:?}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
+    pool.shutdown(Duration::from_secs(1)).await.unwrap();
+}
+
+// ---------------------------------------------------------------------------
+// hash_credentials
+// ---------------------------------------------------------------------------
+
+/// Reordering object keys at every depth, including objects inside arrays, keeps the hash.
+#[test]
+fn hash_ignores_key_order_at_every_depth() {
+    let a = json!({
+        "api_key": "sk-1",
+        "org": {"id": "acme", "region": {"zone": "eu-1", "tier": 2}},
+        "scopes": [{"name": "read", "level": 1}, {"name": "write", "level": 2}],
+    });
+    let b = json!({
+        "scopes": [{"level": 1, "name": "read"}, {"level": 2, "name": "write"}],
+        "org": {"region": {"tier": 2, "zone": "eu-1"}, "id": "acme"},
+        "api_key": "sk-1",
+    });
+    assert_eq!(hash(&a), hash(&b));
+}
+
+/// A `#[derive(Serialize)]` struct hashes like a `json!` with the same content in another key order.
+#[test]
+fn hash_of_struct_equals_hash_of_reordered_json() {
+    #[derive(Serialize)]
+    struct Region {
+        zone: String,
+        tier: u8,
+    }
+    #[derive(Serialize)]
+    struct Creds {
+        api_key: String,
+        org: String,
+        region: Region,
+    }
+    let creds = Creds {
+        api_key: "sk-1".into(),
+        org: "acme".into(),
+        region: Region {
+            zone: "eu-1".into(),
+            tier: 2,
+        },
+    };
+    let reordered = json!({"region": {"tier": 2, "zone": "eu-1"}, "org": "acme", "api_key": "sk-1"});
+    assert_eq!(hash(&creds), hash(&reordered));
+}
+
+/// A `HashMap` (random iteration order) and a `BTreeMap` with the same entries hash the same.
+#[test]
+fn hash_of_hashmap_equals_hash_of_btreemap() {
+    let entries: Vec<(String, String)> = (0..32).map(|i| (format!("k{i}"), format!("v{i}"))).collect();
+    let hashed: HashMap<_, _> = entries.iter().cloned().collect();
+    let ordered: BTreeMap<_, _> = entries.iter().cloned().collect();
+    assert_eq!(hash(&hashed), hash(&ordered));
+}
+
+/// Changed, nested, swapped, reordered-array, retyped or missing values all change the hash.
+#[test]
+fn different_credentials_hash_differently() {
+    let base = hash(&json!({"api_key": "sk-1", "org": {"id": "acme"}, "scopes": [1, 2]}));
+    let variants = [
+        json!({"api_key": "sk-2", "org": {"id": "acme"}, "scopes": [1, 2]}),
+        json!({"api_key": "sk-1", "org": {"id": "acmf"}, "scopes": [1, 2]}),
+        json!({"api_key": "sk-1", "org": {"id": "acme"}, "scopes": [2, 1]}),
+        json!({"api_key": "sk-1", "org": {"id": "acme"}, "scopes": ["1", "2"]}),
+        json!({"api_key": "sk-1", "org": {"id": "acme"}}),
+        json!({"api_key": "sk-1", "org": "acme", "scopes": [1, 2]}),
+    ];
+    for variant in &variants {
+        assert_ne!(hash(variant), base, "{variant}");
+    }
+    assert_ne!(hash(&json!({"a": "1", "b": "2"})), hash(&json!({"a": "2", "b": "1"})));
+}
+
+/// The hash is the first 16 lowercase hex characters of SHA-256 over sorted, compact JSON.
+#[test]
+fn hash_is_16_lowercase_hex_of_sha256_over_canonical_json() {
+    let h = hash(&json!({"org": "acme", "api_key": "k"}));
+    let digest = Sha256::digest(br#"{"api_key":"k","org":"acme"}"#);
+    let expected: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(h.to_string(), expected);
+    for creds in [
+        json!({}),
+        json!({"api_key": "sk-live-0123456789"}),
+        json!([1, "x", null]),
+    ] {
+        let text = hash(&creds).to_string();
+        assert_eq!(text.len(), 16, "{text}");
+        assert!(text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')), "{text}");
+        assert_eq!(text.parse::<CredentialsHash>().unwrap(), hash(&creds));
+    }
+}
+
+/// Neither `Debug` nor `Display` of a hash contains the secret it was made from.
+#[test]
+fn hash_debug_and_display_do_not_leak_the_secret() {
+    let secret = "sk-live-SECRET-0123456789abcdef";
+    let h = hash(&json!({"api_key": secret, "org": "acme"}));
+    for text in [format!("{h}"), format!("{h:?}"), format!("{h:#?}")] {
+        assert!(!text.contains(secret), "{text}");
+        assert!(!text.contains("SECRET"), "{text}");
+        assert!(!text.contains("acme"), "{text}");
+    }
+}
+
+/// A map with non-string keys cannot become JSON: `hash_credentials` returns a `HashError`.
+#[test]
+fn non_string_map_keys_are_a_hash_error() {
+    let mut creds: HashMap<(u8, u8), u8> = HashMap::new();
+    creds.insert((1, 2), 3);
+    let error = hash_credentials(&creds).unwrap_err();
+    assert!(!error.to_string().is_empty());
+    assert!(
+        std::error::Error::source(&error).is_some(),
+        "the serde_json error is the source"
+    );
+}
+
+/// A `Serialize` impl that fails gives a `HashError`, not a panic.
+#[test]
+fn failing_serialize_is_a_hash_error() {
+    struct Broken;
+    impl Serialize for Broken {
+        fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+            Err(serde::ser::Error::custom("vault unavailable"))
+        }
+    }
+    let error = hash_credentials(&Broken).unwrap_err();
+    assert!(error.to_string().contains("vault unavailable"), "{error}");
+}

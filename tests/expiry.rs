@@ -1,0 +1,350 @@
+mod common;
+use common::*;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use warmpool::{Lease, Pool};
+
+const SEC: Duration = Duration::from_secs(1);
+
+/// Gets `key` with hash 1 from a factory that builds at once.
+async fn get(pool: &Pool<Client>, c: &Arc<Counters>, key: &str) -> Lease<Client> {
+    pool.get_or_create(key, h(1), factory(c, key, h(1), Duration::ZERO))
+        .await
+        .expect("the factory never fails here")
+}
+
+/// Lets every actor and task run to quiescence (paused clock: yields only,
+/// no time passes), so that "nothing happened" assertions mean something.
+async fn settle() {
+    for _ in 0..2_000 {
+        tokio::task::yield_now().await;
+    }
+}
+
+async fn advance(d: Duration) {
+    tokio::time::advance(d).await;
+}
+
+/// Hits every 3 s do not extend a 10 s TTL: the instance is rebuilt 10 s after its creation.
+#[tokio::test(start_paused = true)]
+async fn ttl_is_absolute_from_creation_and_hits_do_not_extend_it() {
+    let c = Counters::new();
+    let pool = builder(&c)
+        .time_to_live(10 * SEC)
+        .sweep_interval(Duration::ZERO)
+        .spawn()
+        .await
+        .unwrap();
+
+    let first = get(&pool, &c, "k").await; // t = 0
+    let first_id = first.instance_id();
+    assert_eq!(first.serial, 1);
+    drop(first);
+    for t in [3, 6, 9] {
+        advance(3 * SEC).await;
+        let lease = get(&pool, &c, "k").await;
+        assert_eq!(lease.instance_id(), first_id, "t = {t} s is within the TTL: a hit");
+    }
+    assert_eq!(c.builds(), 1);
+
+    advance(SEC).await; // t = 10 s since creation, 1 s after the last hit
+    let second = get(&pool, &c, "k").await;
+    assert_ne!(second.instance_id(), first_id, "TTL passed: a fresh instance");
+    assert_eq!(second.serial, 2);
+    assert_eq!(c.builds(), 2);
+    eventually("the expired instance is disposed", async || c.disposed() == 1).await;
+
+    let s = pool.stats().await.unwrap();
+    assert_eq!(s.retirements.ttl, 1);
+    assert_eq!(s.retirements.idle, 0);
+    assert_eq!(s.retirements.total(), 1);
+    assert_eq!((s.hits, s.misses, s.builds), (3, 2, 2));
+    assert_eq!(s.size, 1);
+    settle().await;
+    assert_eq!(c.disposed(), 1, "exactly one disposal");
+}
+
+/// At 9.999 s a 10 s TTL still serves the cached instance; at exactly 10 s it is rebuilt.
+#[tokio::test(start_paused = true)]
+async fn ttl_boundary_just_before_is_hit_at_deadline_is_rebuild() {
+    let c = Counters::new();
+    let pool = builder(&c)
+        .time_to_live(10 * SEC)
+        .sweep_interval(Duration::ZERO)
+        .spawn()
+        .await
+        .unwrap();
+
+    let first = get(&pool, &c, "k").await;
+    let first_id = first.instance_id();
+    drop(first);
+
+    advance(Duration::from_millis(9_999)).await;
+    let hit = get(&pool, &c, "k").await;
+    assert_eq!(hit.instance_id(), first_id, "9.999 s < TTL: served from cache");
+    drop(hit);
+    assert_eq!(c.builds(), 1);
+    let s = pool.stats().await.unwrap();
+    assert_eq!((s.hits, s.retirements.ttl), (1, 0));
+
+    advance(Duration::from_millis(1)).await; // exactly 10 s
+    let rebuilt = get(&pool, &c, "k").await;
+    assert_ne!(rebuilt.instance_id(), first_id, "at the TTL the instance is not served");
+    assert_eq!(c.builds(), 2);
+    eventually("the expired instance is disposed", async || c.disposed() == 1).await;
+    let s = pool.stats().await.unwrap();
+    assert_eq!(s.retirements.ttl, 1);
+    assert_eq!(s.retirements.total(), 1);
+}
+
+/// With a 5 s idle time, a key used every 4 s is never rebuilt, and a key left alone 5 s is rebuilt on its next call.
+#[tokio::test(start_paused = true)]
+async fn idle_time_counts_from_last_hand_out() {
+    let c = Counters::new();
+    let pool = builder(&c)
+        .time_to_live(300 * SEC)
+        .time_to_idle(5 * SEC)
+        .sweep_interval(Duration::ZERO)
+        .spawn()
+        .await
+        .unwrap();
+
+    let busy = get(&pool, &c, "busy").await; // t = 0
+    let busy_id = busy.instance_id();
+    drop(busy);
+    let lonely = get(&pool, &c, "lonely").await; // t = 0
+    let lonely_id = lonely.instance_id();
+    drop(lonely);
+    assert_eq!(c.builds(), 2);
+
+    advance(4 * SEC).await; // t = 4
+    assert_eq!(get(&pool, &c, "busy").await.instance_id(), busy_id);
+
+    advance(SEC).await; // t = 5: "lonely" untouched for 5 s
+    let rebuilt = get(&pool, &c, "lonely").await;
+    assert_ne!(rebuilt.instance_id(), lonely_id, "idle for 5 s: rebuilt");
+    assert_eq!(c.builds(), 3);
+    drop(rebuilt);
+    eventually("the idle instance is disposed", async || c.disposed() == 1).await;
+    assert_eq!(c.disposed_keys.lock().unwrap().as_slice(), ["lonely"]);
+
+    // "busy" keeps being used every 4 s, well past 5 s since creation.
+    advance(3 * SEC).await; // t = 8, 4 s after its last use at t = 4
+    assert_eq!(
+        get(&pool, &c, "busy").await.instance_id(),
+        busy_id,
+        "used every 4 s: stays"
+    );
+    for _ in 0..4 {
+        advance(4 * SEC).await; // t = 12, 16, 20, 24
+        assert_eq!(
+            get(&pool, &c, "busy").await.instance_id(),
+            busy_id,
+            "used every 4 s: stays"
+        );
+    }
+    assert_eq!(c.builds(), 3, "no rebuild of the busy key");
+
+    let s = pool.stats().await.unwrap();
+    assert_eq!(s.retirements.idle, 1);
+    assert_eq!(s.retirements.ttl, 0);
+    assert_eq!(s.retirements.total(), 1);
+    settle().await;
+    assert_eq!(c.disposed(), 1);
+}
+
+/// A TTL of zero means never: the instance is still served after 10 days, sweep running.
+#[tokio::test(start_paused = true)]
+async fn zero_ttl_means_never_expires() {
+    let c = Counters::new();
+    let pool = builder(&c)
+        .time_to_live(Duration::ZERO)
+        .time_to_idle(Duration::ZERO)
+        .sweep_interval(Duration::from_secs(3_600))
+        .spawn()
+        .await
+        .unwrap();
+
+    let first = get(&pool, &c, "forever").await;
+    let first_id = first.instance_id();
+    drop(first);
+
+    for day in 1..=10 {
+        advance(Duration::from_secs(86_400)).await;
+        settle().await; // let the sweep ticks of that day run
+        let lease = get(&pool, &c, "forever").await;
+        assert_eq!(lease.instance_id(), first_id, "day {day}: still the first instance");
+    }
+    assert_eq!(c.builds(), 1);
+    assert_eq!(c.disposed(), 0);
+    let s = pool.stats().await.unwrap();
+    assert_eq!(s.retirements.total(), 0);
+    assert_eq!(s.size, 1);
+    assert_eq!(s.hits, 10);
+}
+
+/// With no calls at all, a sweep tick past the TTL retires and disposes the instance.
+#[tokio::test(start_paused = true)]
+async fn sweep_retires_ttl_expired_instance_without_calls() {
+    let c = Counters::new();
+    let pool = builder(&c)
+        .time_to_live(10 * SEC)
+        .sweep_interval(SEC)
+        .spawn()
+        .await
+        .unwrap();
+
+    drop(get(&pool, &c, "k").await);
+
+    advance(9 * SEC).await;
+    settle().await;
+    assert_eq!(c.disposed(), 0, "not expired yet at 9 s");
+    assert_eq!(pool.stats().await.unwrap().size, 1);
+
+    advance(2 * SEC).await; // past the TTL and at least one tick
+    eventually("the sweep disposes the expired instance", async || c.disposed() == 1).await;
+    eventually("the key leaves the pool", async || {
+        pool.stats().await.unwrap().size == 0
+    })
+    .await;
+    let s = pool.stats().await.unwrap();
+    assert_eq!(s.retirements.ttl, 1);
+    assert_eq!(s.retirements.total(), 1);
+    assert!(s.keys.is_empty());
+    assert_eq!(c.builds(), 1, "the sweep itself never builds");
+    assert_eq!(c.disposed_keys.lock().unwrap().as_slice(), ["k"]);
+}
+
+/// With no calls at all, a sweep tick past the idle time retires and disposes the instance.
+#[tokio::test(start_paused = true)]
+async fn sweep_retires_idle_instance_without_calls() {
+    let c = Counters::new();
+    let pool = builder(&c)
+        .time_to_live(300 * SEC)
+        .time_to_idle(5 * SEC)
+        .sweep_interval(SEC)
+        .spawn()
+        .await
+        .unwrap();
+
+    drop(get(&pool, &c, "k").await);
+
+    advance(4 * SEC).await;
+    settle().await;
+    assert_eq!(c.disposed(), 0, "not idle long enough at 4 s");
+    assert_eq!(pool.stats().await.unwrap().size, 1);
+
+    advance(2 * SEC).await; // 6 s idle, ticks at 5 s and 6 s
+    eventually("the sweep disposes the idle instance", async || c.disposed() == 1).await;
+    eventually("the key leaves the pool", async || {
+        pool.stats().await.unwrap().size == 0
+    })
+    .await;
+    let s = pool.stats().await.unwrap();
+    assert_eq!(s.retirements.idle, 1);
+    assert_eq!(s.retirements.ttl, 0);
+    assert_eq!(s.retirements.total(), 1);
+    assert!(s.keys.is_empty());
+    assert_eq!(c.builds(), 1);
+}
+
+/// A sweep interval of zero turns the sweep off: nothing is disposed without calls, but the next call still rebuilds.
+#[tokio::test(start_paused = true)]
+async fn zero_sweep_interval_disables_active_expiry() {
+    let c = Counters::new();
+    let pool = builder(&c)
+        .time_to_live(10 * SEC)
+        .sweep_interval(Duration::ZERO)
+        .spawn()
+        .await
+        .unwrap();
+
+    let first = get(&pool, &c, "k").await;
+    let first_id = first.instance_id();
+    drop(first);
+
+    for _ in 0..30 {
+        advance(SEC).await;
+        settle().await;
+    }
+    assert_eq!(c.disposed(), 0, "no sweep: the expired instance stays until a call");
+    let s = pool.stats().await.unwrap();
+    assert_eq!(s.size, 1);
+    assert_eq!(s.retirements.total(), 0);
+
+    let second = get(&pool, &c, "k").await;
+    assert_ne!(second.instance_id(), first_id, "the call finds it expired and rebuilds");
+    assert_eq!(c.builds(), 2);
+    eventually("the expired instance is disposed", async || c.disposed() == 1).await;
+    assert_eq!(pool.stats().await.unwrap().retirements.ttl, 1);
+}
+
+/// An expired instance that is leased is not served to new callers (call path), and is disposed only once the lease is dropped.
+#[tokio::test(start_paused = true)]
+async fn leased_expired_instance_retired_on_call_disposed_after_lease_drop() {
+    let c = Counters::new();
+    let pool = builder(&c)
+        .time_to_live(10 * SEC)
+        .sweep_interval(Duration::ZERO)
+        .spawn()
+        .await
+        .unwrap();
+
+    let held = get(&pool, &c, "k").await;
+    advance(11 * SEC).await;
+
+    let fresh = get(&pool, &c, "k").await;
+    assert!(!Lease::ptr_eq(&held, &fresh), "an expired instance is not handed out");
+    assert_eq!((held.serial, fresh.serial), (1, 2));
+    assert_eq!(c.builds(), 2);
+    let again = get(&pool, &c, "k").await;
+    assert!(Lease::ptr_eq(&fresh, &again), "new callers get the new instance");
+    let s = pool.stats().await.unwrap();
+    assert_eq!(s.retirements.ttl, 1);
+
+    settle().await;
+    assert_eq!(c.disposed(), 0, "retired but still leased: not disposed");
+    assert_eq!(held.key, "k", "the held lease still works");
+
+    drop(held);
+    eventually("disposed once the last lease is gone", async || c.disposed() == 1).await;
+    settle().await;
+    assert_eq!(c.disposed(), 1);
+    assert_eq!(c.builds(), 2);
+}
+
+/// An expired instance that is leased is retired by the sweep (not served again), and disposed only once the lease is dropped.
+#[tokio::test(start_paused = true)]
+async fn leased_expired_instance_retired_by_sweep_disposed_after_lease_drop() {
+    let c = Counters::new();
+    let pool = builder(&c)
+        .time_to_live(10 * SEC)
+        .sweep_interval(SEC)
+        .spawn()
+        .await
+        .unwrap();
+
+    let held = get(&pool, &c, "k").await;
+    advance(11 * SEC).await;
+    eventually("the sweep retires the expired instance", async || {
+        pool.stats().await.unwrap().retirements.ttl == 1
+    })
+    .await;
+    settle().await;
+    assert_eq!(c.disposed(), 0, "retired but still leased: not disposed");
+
+    let fresh = get(&pool, &c, "k").await;
+    assert!(!Lease::ptr_eq(&held, &fresh), "a retired instance is not handed out");
+    assert_eq!(fresh.serial, 2);
+    assert_eq!(c.builds(), 2);
+    assert_eq!(c.disposed(), 0);
+
+    drop(held);
+    eventually("disposed once the last lease is gone", async || c.disposed() == 1).await;
+    let s = pool.stats().await.unwrap();
+    assert_eq!(s.retirements.ttl, 1);
+    assert_eq!(s.retirements.total(), 1);
+    assert_eq!(s.live_leases, 1);
+}

@@ -1,0 +1,502 @@
+mod common;
+use common::*;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::time::Duration;
+
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, ActorStatus, RpcReplyPort, SupervisionEvent};
+use warmpool::{Pool, PoolError, Stats, SupervisorMsg};
+
+/// Lets spawned tasks and actors run for a while (paused clock: no real waiting).
+async fn settle() {
+    for _ in 0..500 {
+        tokio::task::yield_now().await;
+    }
+}
+
+/// A fixed instance, for `insert`.
+fn client(key: &str, hash: u64) -> Client {
+    Client {
+        key: key.to_string(),
+        hash: h(hash),
+        serial: 0,
+    }
+}
+
+/// Builds `keys` (zero-delay factories) and drops the leases.
+async fn warm(pool: &Pool<Client>, c: &Arc<Counters>, keys: &[String]) {
+    for key in keys {
+        let lease = pool
+            .get_or_create(key, h(1), factory(c, key, h(1), Duration::ZERO))
+            .await
+            .unwrap();
+        assert_eq!(&lease.key, key);
+    }
+}
+
+fn keys(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}{i:02}")).collect()
+}
+
+/// Shutdown disposes all 20 instances exactly once, reports them, and afterwards every call fails with `ShutDown`.
+#[tokio::test(start_paused = true)]
+async fn shutdown_disposes_everything_once_then_refuses_work() {
+    let c = Counters::new();
+    let pool = builder(&c).spawn().await.unwrap();
+    let keys = keys("t:", 20);
+    warm(&pool, &c, &keys).await;
+    assert_eq!(c.builds(), 20);
+    assert_eq!(pool.stats().await.unwrap().size, 20);
+
+    let report = pool.shutdown(Duration::from_secs(1)).await.unwrap();
+    assert_eq!(report.retired, 20);
+    assert_eq!(report.disposed, 20);
+    assert_eq!(report.dispose_failures, 0);
+    assert!(report.still_leased.is_empty(), "{:?}", report.still_leased);
+    assert_eq!(report.disposals_pending, 0);
+    assert!(!report.deadline_passed);
+    assert_eq!(c.disposed(), 20);
+    let mut disposed = c.disposed_keys.lock().unwrap().clone();
+    disposed.sort();
+    assert_eq!(disposed, keys, "each key's instance disposed once");
+
+    let err = pool
+        .get_or_create("t:00", h(1), factory(&c, "t:00", h(1), Duration::ZERO))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, PoolError::ShutDown), "{err:?}");
+    let err = pool
+        .get_or_create("t:new", h(1), factory(&c, "t:new", h(1), Duration::ZERO))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, PoolError::ShutDown), "{err:?}");
+    let err = pool.insert("t:new", h(1), client("t:new", 1)).await.unwrap_err();
+    assert!(matches!(err, PoolError::ShutDown), "{err:?}");
+    assert!(matches!(pool.stats().await, Err(PoolError::ShutDown)));
+    assert!(matches!(pool.invalidate("t:00").await, Err(PoolError::ShutDown)));
+    eventually("the pool reports it is shut down", async || pool.is_shut_down()).await;
+
+    settle().await;
+    tokio::time::advance(Duration::from_secs(600)).await;
+    settle().await;
+    assert_eq!(c.builds(), 20, "no factory call after shutdown");
+    assert_eq!(c.disposed(), 20, "disposed more than once");
+}
+
+/// Leases held at shutdown are named in `still_leased`; each instance is disposed once its lease is dropped, after the supervisor has stopped.
+#[tokio::test(start_paused = true)]
+async fn leases_held_at_shutdown_are_reported_and_disposed_later() {
+    let c = Counters::new();
+    let pool = builder(&c).spawn().await.unwrap();
+    let a = pool
+        .get_or_create("t:a", h(1), factory(&c, "t:a", h(1), Duration::ZERO))
+        .await
+        .unwrap();
+    let b = pool
+        .get_or_create("t:b", h(1), factory(&c, "t:b", h(1), Duration::ZERO))
+        .await
+        .unwrap();
+    let b2 = b.clone();
+    warm(&pool, &c, &["t:c".to_string()]).await;
+
+    let report = pool.shutdown(Duration::from_secs(1)).await.unwrap();
+    assert_eq!(report.retired, 3);
+    assert_eq!(report.still_leased, vec!["t:a".to_string(), "t:b".to_string()]);
+    assert_eq!(report.disposed, 1);
+    assert!(!report.deadline_passed);
+    assert_eq!(c.disposed(), 1);
+    assert_eq!(*c.disposed_keys.lock().unwrap(), vec!["t:c".to_string()]);
+
+    eventually("the supervisor has stopped", async || {
+        pool.actor().get_status() == ActorStatus::Stopped
+    })
+    .await;
+    // Leases stay usable after shutdown.
+    assert_eq!(a.key, "t:a");
+    assert_eq!(b2.key, "t:b");
+
+    drop(a);
+    eventually("t:a disposed after its lease dropped", async || c.disposed() == 2).await;
+    drop(b);
+    settle().await;
+    tokio::time::advance(Duration::from_secs(30)).await;
+    settle().await;
+    assert_eq!(c.disposed(), 2, "t:b disposed while a clone of its lease was alive");
+    drop(b2);
+    eventually("t:b disposed after its last lease dropped", async || c.disposed() == 3).await;
+    settle().await;
+    assert_eq!(c.disposed(), 3);
+    assert_eq!(
+        *c.disposed_keys.lock().unwrap(),
+        vec!["t:c".to_string(), "t:a".to_string(), "t:b".to_string()]
+    );
+}
+
+/// A build in flight at shutdown finishes and its waiter gets the lease (retired at once, disposed on drop); callers arriving meanwhile get `ShutDown`.
+#[tokio::test(start_paused = true)]
+async fn build_in_flight_finishes_during_shutdown() {
+    let c = Counters::new();
+    let pool = builder(&c).spawn().await.unwrap();
+    let slow = {
+        let pool = pool.clone();
+        let c = c.clone();
+        tokio::spawn(async move {
+            pool.get_or_create("t:slow", h(1), factory(&c, "t:slow", h(1), Duration::from_secs(5)))
+                .await
+        })
+    };
+    settle().await;
+    assert_eq!(pool.stats().await.unwrap().builds_in_flight, 1);
+
+    let shutdown = {
+        let pool = pool.clone();
+        tokio::spawn(async move { pool.shutdown(Duration::from_secs(1)).await })
+    };
+    settle().await;
+    assert!(!shutdown.is_finished(), "shutdown did not wait for the build in flight");
+
+    // Callers arriving after shutdown started are refused, and no factory runs for them.
+    let err = pool
+        .get_or_create("t:late", h(1), factory(&c, "t:late", h(1), Duration::ZERO))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, PoolError::ShutDown), "{err:?}");
+    let err = pool
+        .get_or_create("t:slow", h(1), factory(&c, "t:slow", h(1), Duration::ZERO))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, PoolError::ShutDown), "{err:?}");
+    let err = pool.insert("t:late", h(1), client("t:late", 1)).await.unwrap_err();
+    assert!(matches!(err, PoolError::ShutDown), "{err:?}");
+    assert_eq!(c.builds(), 1);
+
+    tokio::time::advance(Duration::from_secs(5)).await;
+    let lease = slow
+        .await
+        .unwrap()
+        .expect("the waiter of the build in flight gets its lease");
+    assert_eq!(lease.key, "t:slow");
+    assert_eq!(lease.serial, 1);
+    let report = shutdown.await.unwrap().unwrap();
+    assert_eq!(report.retired, 1);
+    assert_eq!(report.still_leased, vec!["t:slow".to_string()]);
+    assert_eq!(c.disposed(), 0);
+
+    drop(lease);
+    eventually("disposed once the lease drops", async || c.disposed() == 1).await;
+    settle().await;
+    assert_eq!(c.disposed(), 1);
+    assert_eq!(c.builds(), 1);
+}
+
+/// A dispose hook that hangs: `dispose_timeout` abandons it, and a shutdown with a 1 s deadline reports `deadline_passed` with the hooks pending.
+#[tokio::test(start_paused = true)]
+async fn hanging_dispose_hook_is_bounded() {
+    struct OnDrop(Arc<AtomicUsize>);
+    impl Drop for OnDrop {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, SeqCst);
+        }
+    }
+    let started = Arc::new(AtomicUsize::new(0));
+    let abandoned = Arc::new(AtomicUsize::new(0));
+    let c = Counters::new();
+    let pool: Pool<Client> = {
+        let started = started.clone();
+        let abandoned = abandoned.clone();
+        Pool::builder()
+            .dispose_timeout(Duration::from_secs(5))
+            .on_dispose(move |_key, _client: Client| {
+                started.fetch_add(1, SeqCst);
+                let guard = OnDrop(abandoned.clone());
+                async move {
+                    let _guard = guard;
+                    futures::future::pending::<()>().await
+                }
+            })
+            .spawn()
+            .await
+            .unwrap()
+    };
+    warm(&pool, &c, &keys("t:", 3)).await;
+
+    // Before shutdown: an invalidated instance's hook hangs and is abandoned after dispose_timeout.
+    assert!(pool.invalidate("t:00").await.unwrap());
+    eventually("the hook started", async || started.load(SeqCst) == 1).await;
+    tokio::time::advance(Duration::from_millis(4_999)).await;
+    settle().await;
+    assert_eq!(abandoned.load(SeqCst), 0, "hook abandoned before dispose_timeout");
+    assert_eq!(pool.stats().await.unwrap().disposals, 0);
+    tokio::time::advance(Duration::from_millis(1)).await;
+    eventually("dispose_timeout abandons the hook", async || {
+        abandoned.load(SeqCst) == 1
+    })
+    .await;
+    let p = pool.clone();
+    eventually("counted as a failed disposal", async || {
+        let s = p.stats().await.unwrap();
+        s.disposals == 1 && s.dispose_failures == 1
+    })
+    .await;
+
+    // Shutdown with a 1 s deadline returns after 1 s, with the two hooks still running.
+    let shutdown = {
+        let pool = pool.clone();
+        tokio::spawn(async move { pool.shutdown(Duration::from_secs(1)).await })
+    };
+    eventually("the shutdown's hooks started", async || started.load(SeqCst) == 3).await;
+    settle().await;
+    assert!(!shutdown.is_finished(), "shutdown did not wait for the hooks");
+    tokio::time::advance(Duration::from_millis(999)).await;
+    settle().await;
+    assert!(!shutdown.is_finished(), "shutdown returned before its deadline");
+    tokio::time::advance(Duration::from_millis(1)).await;
+    settle().await;
+    assert!(shutdown.is_finished(), "shutdown did not return at its deadline");
+    let report = shutdown.await.unwrap().unwrap();
+    assert!(report.deadline_passed);
+    assert_eq!(report.disposals_pending, 2);
+    assert_eq!(report.retired, 2);
+    assert_eq!(report.disposed, 1);
+    assert_eq!(report.dispose_failures, 1);
+    assert!(report.still_leased.is_empty(), "{:?}", report.still_leased);
+    assert_eq!(abandoned.load(SeqCst), 1);
+
+    // dispose_timeout still bounds the hooks the report left running.
+    tokio::time::advance(Duration::from_millis(3_999)).await;
+    settle().await;
+    assert_eq!(abandoned.load(SeqCst), 1);
+    tokio::time::advance(Duration::from_millis(1)).await;
+    eventually("dispose_timeout abandons the shutdown's hooks", async || {
+        abandoned.load(SeqCst) == 3
+    })
+    .await;
+    assert_eq!(started.load(SeqCst), 3, "each instance's hook ran once");
+}
+
+/// Two concurrent `shutdown` calls both wait for the same shutdown and get the same report.
+#[tokio::test(start_paused = true)]
+async fn concurrent_shutdowns_both_get_the_report() {
+    let c = Counters::new();
+    let pool = builder(&c).spawn().await.unwrap();
+    warm(&pool, &c, &keys("t:", 3)).await;
+    let slow = {
+        let pool = pool.clone();
+        let c = c.clone();
+        tokio::spawn(async move {
+            pool.get_or_create("t:slow", h(1), factory(&c, "t:slow", h(1), Duration::from_secs(2)))
+                .await
+        })
+    };
+    settle().await;
+
+    let first = {
+        let pool = pool.clone();
+        tokio::spawn(async move { pool.shutdown(Duration::from_secs(1)).await })
+    };
+    let second = {
+        let pool = pool.clone();
+        tokio::spawn(async move { pool.shutdown(Duration::from_secs(1)).await })
+    };
+    settle().await;
+    assert!(
+        !first.is_finished() && !second.is_finished(),
+        "the build in flight was not awaited"
+    );
+
+    tokio::time::advance(Duration::from_secs(2)).await;
+    let lease = slow.await.unwrap().unwrap();
+    let first = first.await.unwrap().expect("first shutdown gets a report");
+    let second = second.await.unwrap().expect("second shutdown gets a report");
+    assert_eq!(first, second);
+    assert_eq!(first.retired, 4);
+    assert_eq!(first.disposed, 3);
+    assert_eq!(first.still_leased, vec!["t:slow".to_string()]);
+    assert_eq!(c.disposed(), 3);
+
+    drop(lease);
+    eventually("the last instance is disposed", async || c.disposed() == 4).await;
+    settle().await;
+    assert_eq!(c.disposed(), 4);
+    assert_eq!(c.builds(), 4);
+}
+
+/// Dropping the last `Pool` handle without `shutdown` still disposes every instance (a leased one when its lease drops) and stops the actors.
+#[tokio::test(start_paused = true)]
+async fn dropping_last_handle_disposes_everything() {
+    let c = Counters::new();
+    let pool = builder(&c).spawn().await.unwrap();
+    let keys = keys("t:", 5);
+    warm(&pool, &c, &keys[1..]).await;
+    let kept = pool
+        .get_or_create(&keys[0], h(1), factory(&c, &keys[0], h(1), Duration::ZERO))
+        .await
+        .unwrap();
+    assert_eq!(c.builds(), 5);
+    let supervisor = pool.actor();
+    let clone = pool.clone();
+    drop(pool);
+    settle().await;
+    assert_eq!(
+        supervisor.get_status(),
+        ActorStatus::Running,
+        "a clone still holds the pool"
+    );
+    assert_eq!(c.disposed(), 0);
+
+    drop(clone);
+    eventually("every unleased instance is disposed", async || c.disposed() == 4).await;
+    eventually("the supervisor stops", async || {
+        supervisor.get_status() == ActorStatus::Stopped
+    })
+    .await;
+    assert_eq!(kept.key, keys[0]);
+    drop(kept);
+    eventually("the leased instance is disposed when its lease drops", async || {
+        c.disposed() == 5
+    })
+    .await;
+    settle().await;
+    tokio::time::advance(Duration::from_secs(60)).await;
+    settle().await;
+    assert_eq!(c.disposed(), 5, "disposed exactly once each");
+    let mut disposed = c.disposed_keys.lock().unwrap().clone();
+    disposed.sort();
+    assert_eq!(disposed, keys);
+}
+
+/// A tiny application supervisor: talks to the pool with `SupervisorMsg` and records its children's exits.
+struct Parent;
+
+enum ParentMsg {
+    /// Reads the pool's stats through `ractor::call!`.
+    Stats(ActorRef<SupervisorMsg<Client>>, RpcReplyPort<Option<Stats>>),
+    /// Invalidates a key through `ActorRef::call`.
+    Invalidate(ActorRef<SupervisorMsg<Client>>, String, RpcReplyPort<Option<bool>>),
+    /// Children that terminated so far.
+    Exits(RpcReplyPort<Vec<ActorId>>),
+}
+
+impl Actor for Parent {
+    type Msg = ParentMsg;
+    type State = Vec<ActorId>;
+    type Arguments = ();
+
+    async fn pre_start(&self, _myself: ActorRef<Self::Msg>, _args: ()) -> Result<Self::State, ActorProcessingErr> {
+        Ok(Vec::new())
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            ParentMsg::Stats(pool, reply) => {
+                let stats = ractor::call!(pool, |reply| SupervisorMsg::Stats { reply }).ok();
+                let _ = reply.send(stats);
+            }
+            ParentMsg::Invalidate(pool, key, reply) => {
+                let answer = pool
+                    .call(|reply| SupervisorMsg::Invalidate { key, reply }, None)
+                    .await
+                    .ok()
+                    .and_then(|r| r.success_or(()).ok());
+                let _ = reply.send(answer);
+            }
+            ParentMsg::Exits(reply) => {
+                let _ = reply.send(state.clone());
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        event: SupervisionEvent,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        if let SupervisionEvent::ActorTerminated(cell, _, _) | SupervisionEvent::ActorFailed(cell, _) = event {
+            state.push(cell.get_id());
+        }
+        Ok(())
+    }
+}
+
+/// A pool spawned linked under an application actor serves, is its child, answers the parent's own `SupervisorMsg` calls, and the parent hears when it stops.
+#[tokio::test(start_paused = true)]
+async fn spawn_linked_under_parent_actor() {
+    let (parent, _handle) = Actor::spawn(None, Parent, ()).await.unwrap();
+    let c = Counters::new();
+    let pool = builder(&c).spawn_linked(parent.get_cell()).await.unwrap();
+    let supervisor_id = pool.actor().get_id();
+    assert!(
+        parent.get_children().iter().any(|ch| ch.get_id() == supervisor_id),
+        "the pool's supervisor is a child of the parent"
+    );
+
+    let lease = pool
+        .get_or_create("t:a", h(1), factory(&c, "t:a", h(1), Duration::ZERO))
+        .await
+        .unwrap();
+    assert_eq!(lease.key, "t:a");
+    drop(lease);
+
+    let stats = ractor::call!(parent, ParentMsg::Stats, pool.actor())
+        .unwrap()
+        .expect("the pool answers Stats sent by the parent");
+    assert_eq!(stats.keys, vec!["t:a".to_string()]);
+    assert_eq!(stats.builds, 1);
+
+    let invalidated = ractor::call!(parent, ParentMsg::Invalidate, pool.actor(), "t:a".to_string())
+        .unwrap()
+        .expect("the pool answers Invalidate sent by the parent");
+    assert!(invalidated);
+    eventually("the invalidated instance is disposed", async || c.disposed() == 1).await;
+    let lease = pool
+        .get_or_create("t:a", h(1), factory(&c, "t:a", h(1), Duration::ZERO))
+        .await
+        .unwrap();
+    assert_eq!(lease.serial, 2, "invalidate from the parent retired the old instance");
+    drop(lease);
+    let stats = ractor::call!(parent, ParentMsg::Stats, pool.actor()).unwrap().unwrap();
+    assert_eq!(stats.retirements.invalidated, 1);
+    assert_eq!(stats.builds, 2);
+
+    let report = pool.shutdown(Duration::from_secs(1)).await.unwrap();
+    assert_eq!(report.retired, 1);
+    assert_eq!(c.disposed(), 2);
+    let p = parent.clone();
+    eventually("the parent is told the pool stopped", async || {
+        ractor::call!(p, ParentMsg::Exits).unwrap().contains(&supervisor_id)
+    })
+    .await;
+    assert_eq!(
+        parent.get_status(),
+        ActorStatus::Running,
+        "the parent outlives the pool"
+    );
+    parent.stop(None);
+}
+
+/// Stopping the parent actor stops a pool linked under it, and its instances are still disposed.
+#[tokio::test(start_paused = true)]
+async fn stopping_parent_stops_linked_pool() {
+    let (parent, _handle) = Actor::spawn(None, Parent, ()).await.unwrap();
+    let c = Counters::new();
+    let pool = builder(&c).spawn_linked(parent.get_cell()).await.unwrap();
+    warm(&pool, &c, &keys("t:", 3)).await;
+
+    parent.stop(None);
+    eventually("the pool stops with its parent", async || pool.is_shut_down()).await;
+    let err = pool
+        .get_or_create("t:00", h(1), factory(&c, "t:00", h(1), Duration::ZERO))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, PoolError::ShutDown), "{err:?}");
+    eventually("every instance is disposed", async || c.disposed() == 3).await;
+    assert_eq!(c.builds(), 3);
+}
