@@ -226,7 +226,7 @@ pub(crate) enum KeyMsg<T: Send + Sync + 'static> {
 
 impl<T: Send + Sync + 'static> KeyMsg<T> {
     /// Whether the supervisor sent it (and so counts it in `sent`).
-    pub(crate) fn from_supervisor(&self) -> bool {
+    pub(crate) fn is_from_supervisor(&self) -> bool {
         matches!(
             self,
             KeyMsg::Get(_) | KeyMsg::Insert(_) | KeyMsg::Retire { .. } | KeyMsg::Shutdown { .. }

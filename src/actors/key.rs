@@ -489,7 +489,7 @@ impl<T: Send + Sync + 'static> Actor for KeyActor<T> {
         message: Self::Msg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        if message.from_supervisor() {
+        if message.is_from_supervisor() {
             state.seen += 1;
         }
         match message {
