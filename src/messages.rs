@@ -21,8 +21,20 @@ use crate::stats::{RetireCause, ShutdownReport, Stats};
 /// A factory as the pool stores it: callable again for retries.
 pub(crate) type Factory<T> = Arc<dyn Fn() -> BoxFuture<'static, Result<T, BoxError>> + Send + Sync>;
 
-/// What a caller gets back from a key actor.
-pub(crate) type LeaseReply<T> = RpcReplyPort<Result<Lease<T>, PoolError>>;
+/// What a caller gets back for a [`Request`].
+pub(crate) type LeaseReply<T> = RpcReplyPort<Answer<T>>;
+
+/// The answer to a [`Request`].
+pub(crate) enum Answer<T: Send + Sync + 'static> {
+    /// The lease, or why there is none.
+    Done(Result<Lease<T>, PoolError>),
+    /// A build must start and the request carried no factory: send it again
+    /// with one. A hit never needs the factory, so callers first ask without
+    /// one and pay for boxing it only on a miss; nothing is remembered
+    /// between the two asks, so a caller that gives up in between leaves
+    /// nothing behind.
+    NeedFactory,
+}
 
 /// Messages to the pool's supervisor actor.
 ///
@@ -124,6 +136,8 @@ pub(crate) enum SupervisorInternal<T: Send + Sync + 'static> {
     },
     /// Time to retire expired and idle entries.
     Sweep,
+    /// Time to send the next batch of paced `Retire`s.
+    RetireTick,
     /// Every key actor has finished its shutdown; wait for the disposer and
     /// answer the shutdown callers.
     KeysShutDown {
@@ -141,12 +155,27 @@ pub(crate) enum SupervisorInternal<T: Send + Sync + 'static> {
 pub(crate) struct Request<T: Send + Sync + 'static> {
     /// The hash of the credentials the caller holds.
     pub(crate) hash: CredentialsHash,
-    /// Builds an instance when none matches.
-    pub(crate) factory: Factory<T>,
+    /// Builds an instance when none matches; `None` on a caller's first ask
+    /// (see [`Answer::NeedFactory`]).
+    pub(crate) factory: Option<Factory<T>>,
     /// A TTL for the instance this request builds, instead of the default.
     pub(crate) ttl: Option<Duration>,
     /// Where the lease or error goes.
     pub(crate) reply: LeaseReply<T>,
+}
+
+impl<T: Send + Sync + 'static> Request<T> {
+    /// Gives the caller its lease or error.
+    pub(crate) fn answer(self, result: Result<Lease<T>, PoolError>) {
+        // A caller that stopped waiting dropped its receiver; a lease sent to
+        // it is dropped here, which is all its release needs.
+        let _ = self.reply.send(Answer::Done(result));
+    }
+
+    /// Asks the caller to send the request again with its factory.
+    pub(crate) fn need_factory(self) {
+        let _ = self.reply.send(Answer::NeedFactory);
+    }
 }
 
 /// An instance built elsewhere, to be put in the pool.

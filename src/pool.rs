@@ -16,7 +16,7 @@ use crate::config::{PoolConfig, RestartPolicy};
 use crate::error::{BoxError, PoolError};
 use crate::hash::CredentialsHash;
 use crate::lease::Lease;
-use crate::messages::{Factory, InsertRequest, Request, SupervisorInternal, SupervisorMsg};
+use crate::messages::{Answer, Factory, InsertRequest, Request, SupervisorInternal, SupervisorMsg};
 use crate::stats::{Metrics, ShutdownReport, Stats};
 
 /// A pool of warm, per-key instances of `T`.
@@ -157,8 +157,27 @@ impl<T: Send + Sync + 'static> Pool<T> {
         Fut: Future<Output = Result<T, E>> + Send + 'static,
         E: Into<BoxError>,
     {
-        let factory: Factory<T> = Arc::new(move || factory().map(|r| r.map_err(Into::into)).boxed());
         let key: Arc<str> = Arc::from(key);
+        // First ask without the factory: a hit (the common case) then costs
+        // no allocation for it. Only a build needs it.
+        if let Answer::Done(result) = self.ask(&key, hash, ttl, None).await? {
+            return result;
+        }
+        let factory: Factory<T> = Arc::new(move || factory().map(|r| r.map_err(Into::into)).boxed());
+        match self.ask(&key, hash, ttl, Some(factory)).await? {
+            Answer::Done(result) => result,
+            Answer::NeedFactory => unreachable!("a request with a factory is never asked for one"),
+        }
+    }
+
+    /// One round trip for `key` through the supervisor.
+    async fn ask(
+        &self,
+        key: &Arc<str>,
+        hash: CredentialsHash,
+        ttl: Option<Duration>,
+        factory: Option<Factory<T>>,
+    ) -> Result<Answer<T>, PoolError> {
         let sent_key = key.clone();
         let result = self
             .inner
@@ -179,7 +198,7 @@ impl<T: Send + Sync + 'static> Pool<T> {
                 None,
             )
             .await;
-        self.answer(result, Some(&*key))?
+        self.answer(result, Some(key))
     }
 
     /// Puts `instance`, built elsewhere for `credentials_hash`, into the pool

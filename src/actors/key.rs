@@ -107,11 +107,11 @@ impl<T: Send + Sync + 'static> KeyState<T> {
     fn request(&mut self, myself: &ActorRef<KeyMsg<T>>, request: Request<T>) {
         let now = Instant::now();
         if self.shutting_down {
-            let _ = request.reply.send(Err(PoolError::ShutDown));
+            request.answer(Err(PoolError::ShutDown));
             return;
         }
         if let Some(retry_after) = self.restart.cooling(now) {
-            let _ = request.reply.send(Err(self.cooling_error(retry_after)));
+            request.answer(Err(self.cooling_error(retry_after)));
             return;
         }
         if let Some(current) = self.current.as_mut() {
@@ -119,24 +119,38 @@ impl<T: Send + Sync + 'static> KeyState<T> {
                 None => {
                     current.last_used = now;
                     Metrics::bump(&self.shared.metrics.hits);
-                    let _ = request.reply.send(Ok(Lease::new(&current.instance)));
+                    request.answer(Ok(Lease::new(&current.instance)));
                     return;
                 }
                 Some(cause) => self.retire_current(cause),
             }
         }
-        Metrics::bump(&self.metrics().misses);
         match self.build.as_mut() {
-            Some(build) if build.hash == request.hash && build.stale.is_none() => build.waiters.push(request),
-            Some(_) => self.queued.push_back(request),
-            None => self.start_build(myself, request),
+            // Joining a build needs no factory: the build has one.
+            Some(build) if build.hash == request.hash && build.stale.is_none() => {
+                Metrics::bump(&self.shared.metrics.misses);
+                build.waiters.push(request);
+            }
+            _ if request.factory.is_none() => request.need_factory(),
+            Some(_) => {
+                Metrics::bump(&self.shared.metrics.misses);
+                self.queued.push_back(request);
+            }
+            None => {
+                Metrics::bump(&self.shared.metrics.misses);
+                self.start_build(myself, request);
+            }
         }
     }
 
-    fn start_build(&mut self, myself: &ActorRef<KeyMsg<T>>, request: Request<T>) {
+    fn start_build(&mut self, myself: &ActorRef<KeyMsg<T>>, mut request: Request<T>) {
+        let factory = request
+            .factory
+            .take()
+            .expect("a build starts only from a request with a factory");
         let build = Build {
             hash: request.hash,
-            factory: request.factory.clone(),
+            factory,
             ttl: request.ttl,
             waiters: vec![request],
             attempt: 0,
@@ -227,7 +241,13 @@ impl<T: Send + Sync + 'static> KeyState<T> {
                 self.metrics().retired(cause);
             }
             drop(outcome);
-            self.requeue_front(build.waiters);
+            // Waiters that joined without a factory borrow the build's (it
+            // is for the same hash), so the fresh build needs no round trip.
+            let mut waiters = build.waiters;
+            for waiter in &mut waiters {
+                waiter.factory.get_or_insert_with(|| build.factory.clone());
+            }
+            self.requeue_front(waiters);
             return;
         }
         match outcome {
@@ -235,7 +255,7 @@ impl<T: Send + Sync + 'static> KeyState<T> {
                 self.restart.success();
                 tracing::debug!(key = %self.key, instance = instance.id, "built");
                 for waiter in build.waiters {
-                    let _ = waiter.reply.send(Ok(Lease::new(&instance)));
+                    waiter.answer(Ok(Lease::new(&instance)));
                 }
                 self.current = Some(Current {
                     expires_at: self.shared.settings.expiry(build.ttl, now),
@@ -269,7 +289,7 @@ impl<T: Send + Sync + 'static> KeyState<T> {
                     }
                 }
                 for waiter in build.waiters {
-                    let _ = waiter.reply.send(Err(error.clone()));
+                    waiter.answer(Err(error.clone()));
                 }
             }
         }
@@ -300,7 +320,7 @@ impl<T: Send + Sync + 'static> KeyState<T> {
         if self.shutting_down {
             let build = self.build.take().expect("checked above");
             for waiter in build.waiters {
-                let _ = waiter.reply.send(Err(PoolError::ShutDown));
+                waiter.answer(Err(PoolError::ShutDown));
             }
             return;
         }
@@ -388,13 +408,13 @@ impl<T: Send + Sync + 'static> KeyState<T> {
         self.shutdown = Some(reply);
         self.retire_current(RetireCause::Shutdown);
         for request in self.queued.drain(..) {
-            let _ = request.reply.send(Err(PoolError::ShutDown));
+            request.answer(Err(PoolError::ShutDown));
         }
         if self.build.as_ref().is_some_and(|b| !b.running) {
             // Waiting out a backoff: give up now rather than at the timer.
             let build = self.build.take().expect("checked above");
             for waiter in build.waiters {
-                let _ = waiter.reply.send(Err(PoolError::ShutDown));
+                waiter.answer(Err(PoolError::ShutDown));
             }
         }
     }

@@ -2,7 +2,7 @@
 //! prefix index and expiry deadlines, sweeps, enforces capacity, supervises
 //! key actors and coordinates shutdown.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
@@ -16,9 +16,17 @@ use tokio::time::Instant;
 use crate::actors::Shared;
 use crate::actors::key::{KeyActor, KeyArgs};
 use crate::error::PoolError;
-use crate::messages::{DisposerMsg, Internal, KeyMsg, KeyReport, SupervisorInternal, SupervisorMsg};
+use crate::messages::{DisposerMsg, Internal, KeyMsg, KeyReport, Request, SupervisorInternal, SupervisorMsg};
 use crate::restart::RestartState;
 use crate::stats::{CoolingKey, Metrics, RetireCause, ShutdownReport, Stats};
+
+/// Most pending `Retire`s sent at once (see `SupervisorState::paced`).
+const RETIRE_BATCH: usize = 16;
+/// How often the next batch of pending `Retire`s is sent.
+const RETIRE_PACE: Duration = Duration::from_millis(1);
+
+/// Up to this many keys, `stats()` copies the key list in the mailbox.
+const STATS_INLINE_KEYS: usize = 1024;
 
 /// The pool's supervisor actor.
 ///
@@ -87,8 +95,12 @@ struct Entry<T: Send + Sync + 'static> {
     /// makes the idle sweep a walk from the cold end.
     last_used: Instant,
     view: View<T>,
-    /// Chosen for eviction; no longer counted as resident.
+    /// Chosen for eviction or invalidated; no longer counted as resident.
     retiring: bool,
+    /// A `Retire` decided but not sent yet (see `SupervisorState::paced`).
+    /// It is sent before anything else reaches the actor, so a caller never
+    /// gets past it.
+    pending: Option<(RetireCause, Option<u64>)>,
 }
 
 impl<T: Send + Sync + 'static> Entry<T> {
@@ -98,6 +110,17 @@ impl<T: Send + Sync + 'static> Entry<T> {
             ractor::MessagingErr::SendErr(msg) => msg,
             other => unreachable!("sending to a local actor fails only with SendErr: {other:?}"),
         })
+    }
+
+    /// Sends the pending `Retire`, if any, ahead of whatever comes next.
+    fn flush_pending(&mut self) {
+        if let Some((cause, generation)) = self.pending.take() {
+            let _ = self.send(KeyMsg::Retire {
+                cause,
+                generation,
+                reply: None,
+            });
+        }
     }
 
     fn evictable(&self) -> bool {
@@ -130,6 +153,16 @@ pub struct SupervisorState<T: Send + Sync + 'static> {
     dormant: BTreeMap<Arc<str>, RestartState>,
     /// Entries not retiring.
     resident: usize,
+    /// Keys whose `Retire` is pending, oldest first. A sweep tick or a prefix
+    /// invalidation can retire thousands of keys at once; sending all their
+    /// `Retire`s in one go makes that many actors (and their disposals)
+    /// runnable at once, and every other caller of the pool waits behind
+    /// them for milliseconds. So at most `RETIRE_BATCH` are sent per
+    /// `RETIRE_PACE`; the rest wait here, each flushed early if its key is
+    /// called meanwhile (`Entry::pending`). May hold keys forgotten since.
+    paced: VecDeque<Arc<str>>,
+    /// A `RetireTick` is scheduled.
+    tick_scheduled: bool,
     sweep: Option<JoinHandle<()>>,
     shutting_down: bool,
     shutdown_replies: Vec<RpcReplyPort<ShutdownReport>>,
@@ -163,6 +196,7 @@ impl<T: Send + Sync + 'static> SupervisorState<T> {
                 last_used: Instant::now(),
                 view: View::Busy,
                 retiring: false,
+                pending: None,
             },
         );
         self.resident += 1;
@@ -178,34 +212,121 @@ impl<T: Send + Sync + 'static> SupervisorState<T> {
         Ok(())
     }
 
-    /// Sends `msg` to the key's actor, spawning one if there is none (or if
-    /// the one there has just died); marks the key used.
+    /// A caller's request: handed to the key's actor, or answered here when
+    /// the key has no actor and is cooling down, or when the request is a
+    /// first ask without a factory (nothing to build with, so no actor is
+    /// started for it).
+    async fn get(&mut self, myself: &ActorRef<SupervisorMsg<T>>, key: Arc<str>, request: Request<T>) {
+        let Err(KeyMsg::Get(request)) = self.send_to_resident(&key, KeyMsg::Get(request)) else {
+            return;
+        };
+        if let Some(retry_after) = self.dormant.get(&key).and_then(|r| r.cooling(Instant::now())) {
+            request.answer(Err(PoolError::CoolingDown {
+                key: key.to_string(),
+                retry_after,
+            }));
+        } else if request.factory.is_none() {
+            request.need_factory();
+        } else {
+            // Boxed so that the hit path's future stays small: spawning an
+            // actor is a big future that a hit never needs.
+            Box::pin(self.spawn_and_send(myself, key, KeyMsg::Get(request))).await;
+        }
+    }
+
+    /// Sends `msg` to the key's actor, starting one if there is none.
     async fn route(&mut self, myself: &ActorRef<SupervisorMsg<T>>, key: Arc<str>, msg: KeyMsg<T>) {
-        let mut msg = msg;
-        for _ in 0..2 {
-            if !self.entries.contains(&key)
-                && let Err(error) = self.spawn_key(myself, &key).await
-            {
-                // Dropping `msg` drops the caller's reply port: the caller
-                // gets `ActorStopped` and the pool itself keeps running.
-                tracing::error!(key = %key, error = %error, "could not start a key actor");
-                return;
-            }
-            let entry = self.entries.get_mut(&key).expect("present or just spawned");
+        if let Err(msg) = self.send_to_resident(&key, msg) {
+            Box::pin(self.spawn_and_send(myself, key, msg)).await;
+        }
+    }
+
+    /// The hot path: one lookup, which also moves the key to the front of
+    /// the LRU order. A pending `Retire` goes first. Gives `msg` back when the
+    /// key has no live actor.
+    fn send_to_resident(&mut self, key: &Arc<str>, msg: KeyMsg<T>) -> Result<(), KeyMsg<T>> {
+        let Some(entry) = self.entries.get_mut(key) else {
+            return Err(msg);
+        };
+        // Only the idle sweep reads `last_used`; without it, skip the clock.
+        if self.shared.settings.time_to_idle.is_some() {
             entry.last_used = Instant::now();
-            if entry.retiring {
-                entry.retiring = false;
-                self.resident += 1;
+        }
+        if entry.retiring {
+            // The actor serves this call after retiring: the key stays.
+            entry.retiring = false;
+            self.resident += 1;
+        }
+        entry.flush_pending();
+        match entry.send(msg) {
+            Ok(()) => Ok(()),
+            Err(back) => {
+                // The actor died and its termination event is still on the
+                // way: forget it now so that a fresh one is started.
+                self.forget(key);
+                Err(back)
             }
-            match entry.send(msg) {
-                Ok(()) => return,
-                Err(back) => {
-                    // The actor died and its termination event is still on
-                    // the way: forget it now and start a fresh one.
-                    msg = back;
-                    self.forget(&key);
-                }
+        }
+    }
+
+    async fn spawn_and_send(&mut self, myself: &ActorRef<SupervisorMsg<T>>, key: Arc<str>, msg: KeyMsg<T>) {
+        if let Err(error) = self.spawn_key(myself, &key).await {
+            // Dropping `msg` drops the caller's reply port: the caller gets
+            // `ActorStopped` and the pool itself keeps running.
+            tracing::error!(key = %key, error = %error, "could not start a key actor");
+            return;
+        }
+        if self.send_to_resident(&key, msg).is_err() {
+            tracing::error!(key = %key, "a key actor stopped right after it started");
+        }
+    }
+
+    /// Retires the key's instance through the pacing queue (see `paced`).
+    /// `generation: None` is an invalidation: it also discards a build in
+    /// flight, so it is sent at once to a key that is building.
+    fn retire_paced(&mut self, key: &Arc<str>, cause: RetireCause, generation: Option<u64>) {
+        let Some(entry) = self.entries.peek_mut(key) else {
+            return;
+        };
+        if generation.is_none() && matches!(entry.view, View::Busy) {
+            entry.pending = None;
+            let _ = entry.send(KeyMsg::Retire {
+                cause,
+                generation,
+                reply: None,
+            });
+            return;
+        }
+        let newly = entry.pending.is_none();
+        // An invalidation already pending is stronger than an expiry.
+        if !matches!(entry.pending, Some((_, None))) {
+            entry.pending = Some((cause, generation));
+        }
+        if generation.is_none() && !entry.retiring {
+            entry.retiring = true;
+            self.resident -= 1;
+        }
+        if newly {
+            self.paced.push_back(key.clone());
+        }
+    }
+
+    /// Sends up to `RETIRE_BATCH` pending `Retire`s and schedules the rest.
+    fn send_paced(&mut self, myself: &ActorRef<SupervisorMsg<T>>) {
+        let mut budget = RETIRE_BATCH;
+        while budget > 0
+            && let Some(key) = self.paced.pop_front()
+        {
+            if let Some(entry) = self.entries.peek_mut(&key)
+                && entry.pending.is_some()
+            {
+                entry.flush_pending();
+                budget -= 1;
             }
+        }
+        if !self.paced.is_empty() && !self.tick_scheduled {
+            self.tick_scheduled = true;
+            myself.send_after(RETIRE_PACE, || SupervisorInternal::RetireTick.into());
         }
     }
 
@@ -272,6 +393,11 @@ impl<T: Send + Sync + 'static> SupervisorState<T> {
         {
             self.deadlines.remove(&(at, generation, key.clone()));
         }
+        if !matches!(report, KeyReport::Idle { .. }) {
+            // The actor started a build or has a new instance that a pending
+            // invalidation predates: it must not wait for its turn.
+            entry.flush_pending();
+        }
         if entry.retiring && !matches!(report, KeyReport::Idle { .. }) {
             // Chosen for eviction from a view that was already out of date:
             // the key is busy or has a new instance, so it stays resident.
@@ -311,20 +437,14 @@ impl<T: Send + Sync + 'static> SupervisorState<T> {
         self.enforce_capacity();
     }
 
-    fn sweep(&mut self) {
+    fn sweep(&mut self, myself: &ActorRef<SupervisorMsg<T>>) {
         let now = Instant::now();
         while let Some((at, generation, key)) = self.deadlines.first().cloned() {
             if at > now {
                 break;
             }
             self.deadlines.pop_first();
-            if let Some(entry) = self.entries.peek_mut(&key) {
-                let _ = entry.send(KeyMsg::Retire {
-                    cause: RetireCause::Ttl,
-                    generation: Some(generation),
-                    reply: None,
-                });
-            }
+            self.retire_paced(&key, RetireCause::Ttl, Some(generation));
         }
         if let Some(idle) = self.shared.settings.time_to_idle {
             let mut due = Vec::new();
@@ -337,17 +457,12 @@ impl<T: Send + Sync + 'static> SupervisorState<T> {
                 }
             }
             for (key, generation) in due {
-                if let Some(entry) = self.entries.peek_mut(&key) {
-                    let _ = entry.send(KeyMsg::Retire {
-                        cause: RetireCause::Idle,
-                        generation: Some(generation),
-                        reply: None,
-                    });
-                }
+                self.retire_paced(&key, RetireCause::Idle, Some(generation));
             }
         }
         let policy = &self.shared.settings.restart_policy;
         self.dormant.retain(|_, restart| !restart.is_clear(now, policy));
+        self.send_paced(myself);
         self.enforce_capacity();
     }
 
@@ -357,6 +472,8 @@ impl<T: Send + Sync + 'static> SupervisorState<T> {
             // The key actor answers, after it has retired: once the caller
             // has the answer, no one can get the old instance.
             Some(entry) => {
+                // This retire supersedes a pending one.
+                entry.pending = None;
                 let msg = KeyMsg::Retire {
                     cause: RetireCause::Invalidated,
                     generation: None,
@@ -372,7 +489,7 @@ impl<T: Send + Sync + 'static> SupervisorState<T> {
         }
     }
 
-    fn invalidate_by_prefix(&mut self, prefix: &str, reply: RpcReplyPort<usize>) {
+    fn invalidate_by_prefix(&mut self, myself: &ActorRef<SupervisorMsg<T>>, prefix: &str, reply: RpcReplyPort<usize>) {
         let keys: Vec<Arc<str>> = self
             .ordered
             .range::<str, _>((std::ops::Bound::Included(prefix), std::ops::Bound::Unbounded))
@@ -388,40 +505,27 @@ impl<T: Send + Sync + 'static> SupervisorState<T> {
         for key in dormant {
             self.dormant.remove(&key);
         }
-        let mut acks = Vec::with_capacity(keys.len());
         for key in &keys {
-            if let Some(entry) = self.entries.peek_mut(key) {
-                let (tx, rx) = tokio::sync::oneshot::channel();
-                let _ = entry.send(KeyMsg::Retire {
-                    cause: RetireCause::Invalidated,
-                    generation: None,
-                    reply: Some(tx.into()),
-                });
-                acks.push(rx);
-            }
+            self.retire_paced(key, RetireCause::Invalidated, None);
         }
-        let count = keys.len();
-        if acks.is_empty() {
-            let _ = reply.send(count);
-            return;
-        }
-        // Answer once every key actor has retired, without holding up the
-        // supervisor's mailbox meanwhile.
-        tokio::spawn(async move {
-            join_all(acks).await;
-            let _ = reply.send(count);
-        });
+        self.send_paced(myself);
+        // The answer need not wait for the key actors: every later message
+        // to these keys passes through this mailbox, which sends each pending
+        // `Retire` before anything else reaches its actor.
+        let _ = reply.send(keys.len());
     }
 
-    fn stats(&self) -> Stats {
+    /// A snapshot without its key list, and the resident keys (taken in this
+    /// mailbox, so they agree with `size`; turned into `String`s elsewhere).
+    fn stats(&self) -> (Stats, Vec<Arc<str>>) {
         let now = Instant::now();
         let mut stats = self.metrics().snapshot();
         stats.size = self.resident;
-        stats.keys = self
+        let keys = self
             .ordered
             .iter()
             .filter(|k| self.entries.peek(*k).is_some_and(|e| !e.retiring))
-            .map(|k| k.to_string())
+            .cloned()
             .collect();
         stats.cooling_keys = self
             .dormant
@@ -433,7 +537,7 @@ impl<T: Send + Sync + 'static> SupervisorState<T> {
                 })
             })
             .collect();
-        stats
+        (stats, keys)
     }
 
     fn begin_shutdown(&mut self, myself: &ActorRef<SupervisorMsg<T>>) {
@@ -480,6 +584,8 @@ impl<T: Send + Sync + 'static> Actor for SupervisorActor<T> {
             deadlines: BTreeSet::new(),
             dormant: BTreeMap::new(),
             resident: 0,
+            paced: VecDeque::new(),
+            tick_scheduled: false,
             sweep,
             shutting_down: false,
             shutdown_replies: Vec::new(),
@@ -506,20 +612,10 @@ impl<T: Send + Sync + 'static> Actor for SupervisorActor<T> {
             SupervisorMsg::Internal(Internal(msg)) => match msg {
                 SupervisorInternal::Get { key, request } => {
                     if state.shutting_down {
-                        let _ = request.reply.send(Err(PoolError::ShutDown));
+                        request.answer(Err(PoolError::ShutDown));
                         return Ok(());
                     }
-                    if !state.entries.contains(&key)
-                        && let Some(retry_after) = state.dormant.get(&key).and_then(|r| r.cooling(Instant::now()))
-                    {
-                        let error = PoolError::CoolingDown {
-                            key: key.to_string(),
-                            retry_after,
-                        };
-                        let _ = request.reply.send(Err(error));
-                        return Ok(());
-                    }
-                    state.route(&myself, key, KeyMsg::Get(request)).await;
+                    state.get(&myself, key, request).await;
                 }
                 SupervisorInternal::Insert { key, insert } => {
                     if state.shutting_down {
@@ -537,7 +633,13 @@ impl<T: Send + Sync + 'static> Actor for SupervisorActor<T> {
                 }
                 SupervisorInternal::Sweep => {
                     if !state.shutting_down {
-                        state.sweep();
+                        state.sweep(&myself);
+                    }
+                }
+                SupervisorInternal::RetireTick => {
+                    state.tick_scheduled = false;
+                    if !state.shutting_down {
+                        state.send_paced(&myself);
                     }
                 }
                 SupervisorInternal::KeysShutDown { retired } => {
@@ -576,9 +678,21 @@ impl<T: Send + Sync + 'static> Actor for SupervisorActor<T> {
                 }
             },
             SupervisorMsg::Invalidate { key, reply } => state.invalidate(&key, reply),
-            SupervisorMsg::InvalidateByPrefix { prefix, reply } => state.invalidate_by_prefix(&prefix, reply),
+            SupervisorMsg::InvalidateByPrefix { prefix, reply } => state.invalidate_by_prefix(&myself, &prefix, reply),
             SupervisorMsg::Stats { reply } => {
-                let _ = reply.send(state.stats());
+                let (mut stats, keys) = state.stats();
+                let inline = keys.len() <= STATS_INLINE_KEYS;
+                let finish = move || {
+                    stats.keys = keys.iter().map(|k| k.to_string()).collect();
+                    let _ = reply.send(stats);
+                };
+                // Copying 100,000 keys takes milliseconds; every other caller
+                // would wait for it in this mailbox.
+                if inline {
+                    finish();
+                } else {
+                    tokio::task::spawn_blocking(finish);
+                }
             }
             SupervisorMsg::Shutdown { deadline, reply } => {
                 if let Some(reply) = reply {

@@ -24,6 +24,9 @@ use crate::pool::Pool;
 /// How often an idle listener checks whether its pool is gone.
 const CLOSED_CHECK: Duration = Duration::from_secs(1);
 
+/// How long `attach` waits for the server to confirm its subscription.
+const SUBSCRIBE_CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// A connection to NATS and the subject invalidations travel on.
 ///
 /// The `async-nats` client reconnects by itself (here with exponential
@@ -91,6 +94,26 @@ impl NatsBus {
         }
     }
 
+    /// Returns once the server has processed every subscription this client
+    /// sent so far. `Client::flush` only writes the socket (it does not wait
+    /// for the server), so a message published from another connection right
+    /// after it could still miss the subscription. The server handles one
+    /// connection's operations in order, so receiving a message we sent
+    /// ourselves on a fresh inbox proves the earlier `SUB` is in place.
+    async fn confirm_subscriptions(&self) -> Result<(), BusError> {
+        let inbox = self.client.new_inbox();
+        let mut probe = self.client.subscribe(inbox.clone()).await.map_err(transport)?;
+        self.client.publish(inbox, Vec::new().into()).await.map_err(transport)?;
+        self.client.flush().await.map_err(transport)?;
+        match tokio::time::timeout(SUBSCRIBE_CONFIRM_TIMEOUT, probe.next()).await {
+            Ok(Some(_)) => Ok(()),
+            Ok(None) => Err(transport("the connection closed while subscribing")),
+            Err(_) => Err(transport(format!(
+                "the server did not confirm the subscription within {SUBSCRIBE_CONFIRM_TIMEOUT:?}"
+            ))),
+        }
+    }
+
     /// Subscribes, then applies every message to `pool` in a background
     /// task. Returns once the server has the subscription. The task ends
     /// when the pool is gone or shut down.
@@ -101,7 +124,7 @@ impl NatsBus {
     ) -> Result<JoinHandle<()>, BusError> {
         let mut events = self.events.subscribe();
         let mut subscriber = self.client.subscribe(self.subject.clone()).await.map_err(transport)?;
-        self.client.flush().await.map_err(transport)?;
+        self.confirm_subscriptions().await?;
         let mut listener = Listener::new(pool, options);
         Ok(tokio::spawn(async move {
             let mut check = tokio::time::interval(CLOSED_CHECK);
