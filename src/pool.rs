@@ -157,14 +157,13 @@ impl<T: Send + Sync + 'static> Pool<T> {
         Fut: Future<Output = Result<T, E>> + Send + 'static,
         E: Into<BoxError>,
     {
-        let key: Arc<str> = Arc::from(key);
         // First ask without the factory: a hit (the common case) then costs
         // no allocation for it. Only a build needs it.
-        if let Answer::Done(result) = self.ask(&key, hash, ttl, None).await? {
+        if let Answer::Done(result) = self.ask(key, hash, ttl, None).await? {
             return result;
         }
         let factory: Factory<T> = Arc::new(move || factory().map(|r| r.map_err(Into::into)).boxed());
-        match self.ask(&key, hash, ttl, Some(factory)).await? {
+        match self.ask(key, hash, ttl, Some(factory)).await? {
             Answer::Done(result) => result,
             Answer::NeedFactory => unreachable!("a request with a factory is never asked for one"),
         }
@@ -173,12 +172,15 @@ impl<T: Send + Sync + 'static> Pool<T> {
     /// One round trip for `key` through the supervisor.
     async fn ask(
         &self,
-        key: &Arc<str>,
+        key: &str,
         hash: CredentialsHash,
         ttl: Option<Duration>,
         factory: Option<Factory<T>>,
     ) -> Result<Answer<T>, PoolError> {
-        let sent_key = key.clone();
+        // Moved into the message, not shared with this task: its last owner
+        // is the actor that keeps it, so no reference count is touched from
+        // two threads.
+        let sent_key: Arc<str> = Arc::from(key);
         let result = self
             .inner
             .supervisor

@@ -47,7 +47,11 @@ impl RetireCause {
 /// disposer) and read only for snapshots; no pool *state* lives here.
 #[derive(Debug, Default)]
 pub(crate) struct Metrics {
-    pub(crate) hits: AtomicU64,
+    /// Bumped by every hit, from the key actors' threads.
+    pub(crate) hits: Padded,
+    /// Changed by every hand-out (a key actor's thread) and every lease drop
+    /// (the caller's thread).
+    pub(crate) live_leases: Padded,
     pub(crate) misses: AtomicU64,
     pub(crate) builds: AtomicU64,
     pub(crate) build_failures: AtomicU64,
@@ -55,7 +59,6 @@ pub(crate) struct Metrics {
     pub(crate) retired: [AtomicU64; 7],
     pub(crate) disposals: AtomicU64,
     pub(crate) dispose_failures: AtomicU64,
-    pub(crate) live_leases: AtomicU64,
     pub(crate) capacity_overshoot: AtomicU64,
     pub(crate) actor_restarts: AtomicU64,
     /// Source of instance ids, unique within the pool.
@@ -64,6 +67,21 @@ pub(crate) struct Metrics {
     pub(crate) inserts: AtomicU64,
     /// Event-bus counters.
     pub(crate) bus: BusMetrics,
+}
+
+/// A counter on a cache line of its own. The two counters that every hit
+/// writes would otherwise share a line with each other and with the rest,
+/// and each write from another core would evict the line from this one.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub(crate) struct Padded(pub(crate) AtomicU64);
+
+impl std::ops::Deref for Padded {
+    type Target = AtomicU64;
+
+    fn deref(&self) -> &AtomicU64 {
+        &self.0
+    }
 }
 
 impl Metrics {
