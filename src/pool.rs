@@ -272,6 +272,12 @@ impl<T: Send + Sync + 'static> Pool<T> {
     /// `"acme:"` matches `"acme:openai"` but not `"acmex:openai"`), in
     /// O(log N + matches). Returns how many resident keys matched. Once this
     /// returns, no caller gets any of their old instances.
+    ///
+    /// It returns without waiting for the key actors: their retirements are
+    /// sent 16 per millisecond so that invalidating a large tenant does not
+    /// stall every other caller, and a key called in the meantime has its
+    /// retirement applied before the call. The old instances are disposed
+    /// as their retirements go out (about 60-150 ms for 1,000 keys).
     pub async fn invalidate_by_prefix(&self, prefix: &str) -> Result<usize, PoolError> {
         let prefix = prefix.to_string();
         let result = self
