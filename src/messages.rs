@@ -28,11 +28,11 @@ pub(crate) type LeaseReply<T> = RpcReplyPort<Answer<T>>;
 pub(crate) enum Answer<T: Send + Sync + 'static> {
     /// The lease, or why there is none.
     Done(Result<Lease<T>, PoolError>),
-    /// A build must start and the request carried no factory: send it again
-    /// with one. A hit never needs the factory, so callers first ask without
-    /// one and pay for boxing it only on a miss; nothing is remembered
-    /// between the two asks, so a caller that gives up in between leaves
-    /// nothing behind.
+    /// No instance may be served and the request carried no factory: send
+    /// it again with one. A hit never needs the factory, so callers first
+    /// ask without one and pay for boxing it only on a miss; nothing is
+    /// remembered between the two asks, so a caller that gives up in between
+    /// leaves nothing behind.
     NeedFactory,
 }
 
@@ -281,6 +281,10 @@ pub(crate) enum DisposerMsg<T: Send + Sync + 'static> {
         /// The instance.
         value: T,
     },
+    /// A factory call ended (from its build task, after tracking the
+    /// instance it built, if any): a closing disposer re-checks whether it
+    /// may stop.
+    BuildEnded,
     /// A hook finished (from the hook's task).
     Done {
         /// Whether it succeeded.

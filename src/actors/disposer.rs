@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use futures::FutureExt;
@@ -171,13 +172,17 @@ impl<T: Send + Sync + 'static> Actor for DisposerActor<T> {
                 }
             }
             DisposerMsg::Close => state.closing = true,
+            DisposerMsg::BuildEnded => {}
         }
         if state.running == 0
             && let Some(reply) = state.drain.take()
         {
             let _ = reply.send(state.report(false));
         }
-        if state.closing && state.running == 0 && state.live.is_empty() {
+        // Builds still in flight may yet produce instances to dispose (the
+        // supervisor can be gone while their tasks run): wait for them too.
+        let building = state.args.metrics.builds_in_flight.load(Relaxed);
+        if state.closing && state.running == 0 && state.live.is_empty() && building == 0 {
             myself.stop(None);
         }
         Ok(())

@@ -15,7 +15,9 @@ use crate::actors::{Settings, Shared, nonzero};
 use crate::error::{PoolError, panic_message};
 use crate::hash::CredentialsHash;
 use crate::lease::{Instance, Lease};
-use crate::messages::{Factory, InsertRequest, KeyMsg, KeyReport, Request, SupervisorInternal, SupervisorMsg};
+use crate::messages::{
+    DisposerMsg, Factory, InsertRequest, KeyMsg, KeyReport, Request, SupervisorInternal, SupervisorMsg,
+};
 use crate::restart::{RestartState, Verdict};
 use crate::stats::{Metrics, RetireCause};
 
@@ -122,16 +124,28 @@ impl<T: Send + Sync + 'static> KeyState<T> {
                     request.answer(Ok(Lease::new(&current.instance)));
                     return;
                 }
+                // A first ask (no factory) leaves the instance for the
+                // second ask to retire: retiring now could leave the actor
+                // idle, and the supervisor would stop it between the asks.
+                Some(_) if request.factory.is_none() => {
+                    request.need_factory();
+                    return;
+                }
                 Some(cause) => self.retire_current(cause),
             }
         }
+        if request.factory.is_none() {
+            // Even to join a build in flight: a waiter whose build is
+            // discarded (invalidated in flight) is served again by its own
+            // factory.
+            request.need_factory();
+            return;
+        }
         match self.build.as_mut() {
-            // Joining a build needs no factory: the build has one.
             Some(build) if build.hash == request.hash && build.stale.is_none() => {
                 Metrics::bump(&self.shared.metrics.misses);
                 build.waiters.push(request);
             }
-            _ if request.factory.is_none() => request.need_factory(),
             Some(_) => {
                 Metrics::bump(&self.shared.metrics.misses);
                 self.queued.push_back(request);
@@ -143,10 +157,12 @@ impl<T: Send + Sync + 'static> KeyState<T> {
         }
     }
 
-    fn start_build(&mut self, myself: &ActorRef<KeyMsg<T>>, mut request: Request<T>) {
+    fn start_build(&mut self, myself: &ActorRef<KeyMsg<T>>, request: Request<T>) {
+        // Cloned, not taken: if this build is discarded, the request is
+        // served again and may need its factory for the next build.
         let factory = request
             .factory
-            .take()
+            .clone()
             .expect("a build starts only from a request with a factory");
         let build = Build {
             hash: request.hash,
@@ -214,6 +230,9 @@ impl<T: Send + Sync + 'static> KeyState<T> {
                 .metrics
                 .builds_in_flight
                 .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            // A closing disposer waits for builds in flight: their instances
+            // (tracked above, before this) still deserve the hook.
+            let _ = shared.disposer.send_message(DisposerMsg::BuildEnded);
             // If the actor is gone the message comes back and is dropped
             // here; a built instance then goes to the disposer via its Drop.
             let _ = myself.send_message(KeyMsg::BuildDone { attempt, outcome });
@@ -241,13 +260,7 @@ impl<T: Send + Sync + 'static> KeyState<T> {
                 self.metrics().retired(cause);
             }
             drop(outcome);
-            // Waiters that joined without a factory borrow the build's (it
-            // is for the same hash), so the fresh build needs no round trip.
-            let mut waiters = build.waiters;
-            for waiter in &mut waiters {
-                waiter.factory.get_or_insert_with(|| build.factory.clone());
-            }
-            self.requeue_front(waiters);
+            self.requeue_front(build.waiters);
             return;
         }
         match outcome {

@@ -217,6 +217,14 @@ impl<T: Send + Sync + 'static> SupervisorState<T> {
     /// first ask without a factory (nothing to build with, so no actor is
     /// started for it).
     async fn get(&mut self, myself: &ActorRef<SupervisorMsg<T>>, key: Arc<str>, request: Request<T>) {
+        // An idle actor has nothing to serve a first ask with. Asking it
+        // anyway would make it report idle again, and the supervisor would
+        // stop it just before the second ask comes to start a build.
+        let idle = request.factory.is_none() && self.entries.peek(&key).is_some_and(|e| matches!(e.view, View::Idle));
+        if idle {
+            request.need_factory();
+            return;
+        }
         let Err(KeyMsg::Get(request)) = self.send_to_resident(&key, KeyMsg::Get(request)) else {
             return;
         };
@@ -298,8 +306,10 @@ impl<T: Send + Sync + 'static> SupervisorState<T> {
             return;
         }
         let newly = entry.pending.is_none();
-        // An invalidation already pending is stronger than an expiry.
-        if !matches!(entry.pending, Some((_, None))) {
+        // The first cause found stands (a sweep checks TTL before idle time,
+        // as a call does), except that an invalidation overrides an expiry:
+        // it also discards a build.
+        if newly || generation.is_none() {
             entry.pending = Some((cause, generation));
         }
         if generation.is_none() && !entry.retiring {
@@ -560,6 +570,21 @@ impl<T: Send + Sync + 'static> SupervisorState<T> {
     }
 }
 
+impl<T: Send + Sync + 'static> Drop for SupervisorState<T> {
+    // Not `post_stop`: an actor killed with its parent's subtree (a linked
+    // pool whose parent stopped) never runs `post_stop`, and the disposer,
+    // which is not linked, would then wait for `Close` forever. The state is
+    // dropped however the actor ends.
+    fn drop(&mut self) {
+        if let Some(sweep) = self.sweep.take() {
+            sweep.abort();
+        }
+        // Key actors stop with us (they are linked); their instances reach the
+        // disposer, which stops once it has disposed of everything.
+        let _ = self.shared.disposer.send_message(DisposerMsg::Close);
+    }
+}
+
 impl<T: Send + Sync + 'static> Actor for SupervisorActor<T> {
     type Msg = SupervisorMsg<T>;
     type State = SupervisorState<T>;
@@ -590,16 +615,6 @@ impl<T: Send + Sync + 'static> Actor for SupervisorActor<T> {
             shutting_down: false,
             shutdown_replies: Vec::new(),
         })
-    }
-
-    async fn post_stop(&self, _myself: ActorRef<Self::Msg>, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
-        if let Some(sweep) = state.sweep.take() {
-            sweep.abort();
-        }
-        // Key actors stop with us (they are linked); their instances reach the
-        // disposer, which stops once it has disposed of everything.
-        let _ = state.shared.disposer.send_message(DisposerMsg::Close);
-        Ok(())
     }
 
     async fn handle(
