@@ -16,105 +16,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor::Actor;
 use tokio::runtime::Runtime;
 use warmpool::{CredentialsHash, Pool};
 
-// ---------------------------------------------------------------------------
-// The floor: caller -> actor A -> A forwards the reply port to actor B -> B
-// replies. The same two hops and three wake-ups as a pool hit, with nothing
-// else: no key lookup, no checks, no counters.
-// ---------------------------------------------------------------------------
-
-/// What B hands back: an `Arc` clone, like a lease.
-type Payload = Arc<u64>;
-
-enum RouterMsg {
-    Get(usize, RpcReplyPort<Payload>),
-}
-
-enum HolderMsg {
-    Get(RpcReplyPort<Payload>),
-}
-
-struct Router;
-struct Holder;
-
-impl Actor for Router {
-    type Msg = RouterMsg;
-    type State = Vec<ActorRef<HolderMsg>>;
-    type Arguments = Vec<ActorRef<HolderMsg>>;
-
-    async fn pre_start(
-        &self,
-        _: ActorRef<RouterMsg>,
-        args: Self::Arguments,
-    ) -> Result<Self::State, ActorProcessingErr> {
-        Ok(args)
-    }
-
-    async fn handle(
-        &self,
-        _: ActorRef<RouterMsg>,
-        msg: RouterMsg,
-        state: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
-        let RouterMsg::Get(i, reply) = msg;
-        let _ = state[i].send_message(HolderMsg::Get(reply));
-        Ok(())
-    }
-}
-
-impl Actor for Holder {
-    type Msg = HolderMsg;
-    type State = Payload;
-    type Arguments = Payload;
-
-    async fn pre_start(&self, _: ActorRef<HolderMsg>, args: Payload) -> Result<Payload, ActorProcessingErr> {
-        Ok(args)
-    }
-
-    async fn handle(
-        &self,
-        _: ActorRef<HolderMsg>,
-        msg: HolderMsg,
-        state: &mut Payload,
-    ) -> Result<(), ActorProcessingErr> {
-        let HolderMsg::Get(reply) = msg;
-        let _ = reply.send(state.clone());
-        Ok(())
-    }
-}
-
-/// An actor with no state that does nothing: the unit of "spawn an actor".
-struct Idle;
-
-impl Actor for Idle {
-    type Msg = ();
-    type State = ();
-    type Arguments = ();
-
-    async fn pre_start(&self, _: ActorRef<()>, _: ()) -> Result<(), ActorProcessingErr> {
-        Ok(())
-    }
-}
-
-async fn floor_call(router: &ActorRef<RouterMsg>, i: usize) -> Payload {
-    match router.call(|reply| RouterMsg::Get(i, reply), None).await {
-        Ok(ractor::rpc::CallResult::Success(v)) => v,
-        _ => panic!("floor call failed"),
-    }
-}
-
-async fn spawn_floor(keys: usize) -> ActorRef<RouterMsg> {
-    let mut holders = Vec::with_capacity(keys);
-    for i in 0..keys {
-        let (b, _) = Actor::spawn(None, Holder, Arc::new(i as u64)).await.unwrap();
-        holders.push(b);
-    }
-    let (a, _) = Actor::spawn(None, Router, holders).await.unwrap();
-    a
-}
+#[path = "common/floor.rs"]
+mod floor;
+use floor::{Idle, floor_call, spawn_floor};
 
 // ---------------------------------------------------------------------------
 // The pool.
@@ -142,7 +50,7 @@ fn hit(c: &mut Criterion) {
     let rt = runtime();
     const KEY: &str = "acme:openai";
 
-    let router = rt.block_on(spawn_floor(1));
+    let (router, _holders) = rt.block_on(spawn_floor(1));
     let pool: Pool<Inst> = rt.block_on(async {
         let pool = Pool::builder().spawn().await.unwrap();
         drop(pool.get_or_create(KEY, HASH, ready).await.unwrap());

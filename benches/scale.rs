@@ -19,8 +19,12 @@ use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize,
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor::{Actor, ActorRef};
 use warmpool::{CredentialsHash, Pool};
+
+#[path = "common/floor.rs"]
+mod floor;
+use floor::{Idle, RouterMsg, spawn_floor};
 
 // ---------------------------------------------------------------------------
 // Settings
@@ -183,92 +187,6 @@ fn rss_bytes() -> u64 {
 fn now_ns() -> u64 {
     static BASE: OnceLock<Instant> = OnceLock::new();
     BASE.get_or_init(Instant::now).elapsed().as_nanos() as u64
-}
-
-// ---------------------------------------------------------------------------
-// The floor: caller -> A -> A forwards the reply port to B -> B replies.
-// ---------------------------------------------------------------------------
-
-type Payload = Arc<u64>;
-
-enum RouterMsg {
-    Get(usize, RpcReplyPort<Payload>),
-}
-
-enum HolderMsg {
-    Get(RpcReplyPort<Payload>),
-}
-
-struct Router;
-struct Holder;
-
-impl Actor for Router {
-    type Msg = RouterMsg;
-    type State = Vec<ActorRef<HolderMsg>>;
-    type Arguments = Vec<ActorRef<HolderMsg>>;
-
-    async fn pre_start(
-        &self,
-        _: ActorRef<RouterMsg>,
-        args: Self::Arguments,
-    ) -> Result<Self::State, ActorProcessingErr> {
-        Ok(args)
-    }
-
-    async fn handle(
-        &self,
-        _: ActorRef<RouterMsg>,
-        msg: RouterMsg,
-        state: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
-        let RouterMsg::Get(i, reply) = msg;
-        let _ = state[i].send_message(HolderMsg::Get(reply));
-        Ok(())
-    }
-}
-
-impl Actor for Holder {
-    type Msg = HolderMsg;
-    type State = Payload;
-    type Arguments = Payload;
-
-    async fn pre_start(&self, _: ActorRef<HolderMsg>, args: Payload) -> Result<Payload, ActorProcessingErr> {
-        Ok(args)
-    }
-
-    async fn handle(
-        &self,
-        _: ActorRef<HolderMsg>,
-        msg: HolderMsg,
-        state: &mut Payload,
-    ) -> Result<(), ActorProcessingErr> {
-        let HolderMsg::Get(reply) = msg;
-        let _ = reply.send(state.clone());
-        Ok(())
-    }
-}
-
-/// An actor with no state that does nothing: a bare idle actor.
-struct Idle;
-
-impl Actor for Idle {
-    type Msg = ();
-    type State = ();
-    type Arguments = ();
-
-    async fn pre_start(&self, _: ActorRef<()>, _: ()) -> Result<(), ActorProcessingErr> {
-        Ok(())
-    }
-}
-
-async fn spawn_floor(keys: usize) -> (ActorRef<RouterMsg>, Vec<ActorRef<HolderMsg>>) {
-    let mut holders = Vec::with_capacity(keys);
-    for i in 0..keys {
-        let (b, _) = Actor::spawn(None, Holder, Arc::new(i as u64)).await.unwrap();
-        holders.push(b);
-    }
-    let (a, _) = Actor::spawn(None, Router, holders.clone()).await.unwrap();
-    (a, holders)
 }
 
 // ---------------------------------------------------------------------------

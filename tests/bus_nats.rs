@@ -5,24 +5,21 @@
 //! gaps, a storm of invalidations, and a server restart.
 
 mod common;
+use common::bus::*;
 use common::*;
 
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::task::JoinHandle;
+use warmpool::Pool;
 use warmpool::bus::nats::NatsBus;
 use warmpool::bus::{ListenOptions, Recovery, Scope, SigningKey, Stamper, new_origin};
-use warmpool::{Pool, Stats};
 
 const ADDR: &str = "127.0.0.1:4222";
 const URL: &str = "nats://127.0.0.1:4222";
 const NATS_SERVER: &str = "/usr/sbin/nats-server";
 const HOW_TO_START: &str = "start one with `/usr/sbin/nats-server -a 127.0.0.1 -p 4222 &`";
-
-/// The default bound for a condition to become true.
-const WAIT: Duration = Duration::from_secs(10);
 
 /// A fresh subject, so tests never see each other's messages.
 fn subject(test: &str) -> String {
@@ -50,65 +47,6 @@ async fn attach(bus: &NatsBus, pool: &Pool<Client>, options: ListenOptions) -> J
     bus.attach(pool, options)
         .await
         .unwrap_or_else(|e| panic!("cannot subscribe on NATS ({e}); {HOW_TO_START}"))
-}
-
-fn options(origin: &str) -> ListenOptions {
-    ListenOptions {
-        origin: origin.to_string(),
-        ..Default::default()
-    }
-}
-
-/// Builds (or hits) `key` and drops the lease at once.
-async fn warm(pool: &Pool<Client>, c: &Arc<Counters>, key: &str) {
-    let lease = pool
-        .get_or_create(key, h(1), factory(c, key, h(1), Duration::ZERO))
-        .await
-        .unwrap();
-    drop(lease);
-}
-
-/// Polls the pool's stats every 10 ms until `cond` holds, for at most
-/// `limit`; returns the stats that satisfied it, or panics with `what` and
-/// the last stats seen.
-///
-/// `Stats::keys` still lists an invalidated key until its key actor has
-/// reported idle to the supervisor, a moment after the instance was retired,
-/// so conditions on `keys` are waited for here rather than asserted once.
-async fn wait_stats(pool: &Pool<Client>, what: &str, limit: Duration, cond: impl Fn(&Stats) -> bool) -> Stats {
-    let start = Instant::now();
-    loop {
-        let stats = pool.stats().await.expect("pool is running");
-        if cond(&stats) {
-            return stats;
-        }
-        if start.elapsed() > limit {
-            panic!("within {limit:?}: {what} never held; last stats: {stats:#?}");
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-/// Polls `cond` every 10 ms for at most `limit`, panicking with `what`.
-async fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        if start.elapsed() > limit {
-            panic!("within {limit:?}: {what} never held");
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-/// Shuts the pool down and checks that its listener task ends (it checks
-/// every second whether its pool is gone).
-async fn shutdown_and_join(pool: &Pool<Client>, listener: JoinHandle<()>) {
-    pool.shutdown(Duration::from_secs(5)).await.expect("shutdown");
-    wait_until("the listener task ended after shutdown", WAIT, || {
-        listener.is_finished()
-    })
-    .await;
-    listener.await.expect("listener task did not panic");
 }
 
 /// A private `nats-server` child process; killed when dropped, so a failing

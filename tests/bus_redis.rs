@@ -9,22 +9,20 @@
 #![allow(clippy::await_holding_lock)]
 
 mod common;
+use common::bus::*;
 use common::*;
 
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
 
 use tokio::task::JoinHandle;
+use warmpool::Pool;
 use warmpool::bus::redis::{RedisBus, RedisPublisher};
 use warmpool::bus::{ListenOptions, Recovery, Scope, SigningKey, Stamper, new_origin};
-use warmpool::{Pool, Stats};
 
 const ADDR: &str = "127.0.0.1:6379";
 const URL: &str = "redis://127.0.0.1:6379";
 const HOW_TO_START: &str = "start one with `redis-server --bind 127.0.0.1 --port 6379 --daemonize yes`";
-
-/// The default bound for a condition to become true.
-const WAIT: Duration = Duration::from_secs(10);
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -62,65 +60,6 @@ async fn publisher(bus: &RedisBus, origin: &str, key: Option<SigningKey>) -> Red
     bus.publisher(origin, key)
         .await
         .unwrap_or_else(|e| panic!("cannot connect a publisher to Redis at {ADDR} ({e}); {HOW_TO_START}"))
-}
-
-fn options(origin: &str) -> ListenOptions {
-    ListenOptions {
-        origin: origin.to_string(),
-        ..Default::default()
-    }
-}
-
-/// Builds (or hits) `key` and drops the lease at once.
-async fn warm(pool: &Pool<Client>, c: &Arc<Counters>, key: &str) {
-    let lease = pool
-        .get_or_create(key, h(1), factory(c, key, h(1), Duration::ZERO))
-        .await
-        .unwrap();
-    drop(lease);
-}
-
-/// Polls the pool's stats every 10 ms until `cond` holds, for at most
-/// `limit`; returns the stats that satisfied it, or panics with `what` and
-/// the last stats seen.
-///
-/// `Stats::keys` still lists an invalidated key until its key actor has
-/// reported idle to the supervisor, a moment after the instance was retired,
-/// so conditions on `keys` are waited for here rather than asserted once.
-async fn wait_stats(pool: &Pool<Client>, what: &str, limit: Duration, cond: impl Fn(&Stats) -> bool) -> Stats {
-    let start = Instant::now();
-    loop {
-        let stats = pool.stats().await.expect("pool is running");
-        if cond(&stats) {
-            return stats;
-        }
-        if start.elapsed() > limit {
-            panic!("within {limit:?}: {what} never held; last stats: {stats:#?}");
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-/// Polls `cond` every 10 ms for at most `limit`, panicking with `what`.
-async fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        if start.elapsed() > limit {
-            panic!("within {limit:?}: {what} never held");
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-/// Shuts the pool down and checks that its listener task ends (it checks
-/// every second whether its pool is gone).
-async fn shutdown_and_join(pool: &Pool<Client>, listener: JoinHandle<()>) {
-    pool.shutdown(Duration::from_secs(5)).await.expect("shutdown");
-    wait_until("the listener task ended after shutdown", WAIT, || {
-        listener.is_finished()
-    })
-    .await;
-    listener.await.expect("listener task did not panic");
 }
 
 /// A key invalidation published by instance A retires that key (only) in instance B, which builds it again.

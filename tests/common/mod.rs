@@ -2,6 +2,8 @@
 //! and disposals are counted, and factories that succeed, fail, panic or hang.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod bus;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::time::Duration;
