@@ -40,6 +40,11 @@
 //!   disposer (runs dispose hooks).
 //! - [`messages`]: every message the actors exchange; [`SupervisorMsg`] is
 //!   public so other actors can invalidate, read stats or shut down.
+//! - [`bus`]: invalidation across service instances: the versioned JSON
+//!   wire message with optional HMAC signing, the [`bus::Listener`] every
+//!   transport shares (echoes, replays, sequence gaps, recovery), the
+//!   embedded [`bus::LocalBus`], and Redis and NATS adapters behind the
+//!   `redis` and `nats` features.
 //! - [`Lease`] (`lease.rs`): shared ownership whose last drop disposes.
 //! - [`hash_credentials`] (`hash.rs`), [`PoolConfig`] and
 //!   [`RestartPolicy`] (`config.rs`), [`Stats`] (`stats.rs`), [`PoolError`]
