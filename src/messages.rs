@@ -282,8 +282,9 @@ pub(crate) enum DisposerMsg<T: Send + Sync + 'static> {
         value: T,
     },
     /// A factory call ended (from its build task, after tracking the
-    /// instance it built, if any): a closing disposer re-checks whether it
-    /// may stop.
+    /// instance it built, if any): the disposer decrements
+    /// `builds_in_flight`, so a closing disposer that reads zero has seen
+    /// every instance, and re-checks whether it may stop.
     BuildEnded,
     /// A hook finished (from the hook's task).
     Done {

@@ -187,7 +187,8 @@ pub struct Stats {
     pub builds: u64,
     /// Factory attempts that failed (error, panic or timeout), retries included.
     pub build_failures: u64,
-    /// Factory calls running now.
+    /// Factory calls running now (a call that has just ended is counted
+    /// until the disposer has noted it, a message later).
     pub builds_in_flight: u64,
     /// Retirements by cause.
     pub retirements: Retirements,

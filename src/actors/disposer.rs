@@ -172,7 +172,9 @@ impl<T: Send + Sync + 'static> Actor for DisposerActor<T> {
                 }
             }
             DisposerMsg::Close => state.closing = true,
-            DisposerMsg::BuildEnded => {}
+            DisposerMsg::BuildEnded => {
+                state.args.metrics.builds_in_flight.fetch_sub(1, Relaxed);
+            }
         }
         if state.running == 0
             && let Some(reply) = state.drain.take()

@@ -226,13 +226,17 @@ impl<T: Send + Sync + 'static> KeyState<T> {
                     shared.metrics.clone(),
                 )),
             };
-            shared
-                .metrics
-                .builds_in_flight
-                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-            // A closing disposer waits for builds in flight: their instances
-            // (tracked above, before this) still deserve the hook.
-            let _ = shared.disposer.send_message(DisposerMsg::BuildEnded);
+            // The disposer counts the build as ended when it handles this
+            // message, after the `Track` that `Instance::new` sent above: a
+            // closing disposer that reads no build in flight has therefore
+            // seen every instance built, and stops only once they are
+            // disposed. If it is gone already, count here.
+            if shared.disposer.send_message(DisposerMsg::BuildEnded).is_err() {
+                shared
+                    .metrics
+                    .builds_in_flight
+                    .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            }
             // If the actor is gone the message comes back and is dropped
             // here; a built instance then goes to the disposer via its Drop.
             let _ = myself.send_message(KeyMsg::BuildDone { attempt, outcome });

@@ -433,12 +433,16 @@ impl<T: Send + Sync + 'static> SupervisorState<T> {
             KeyReport::Idle { seen, restart } => {
                 entry.view = View::Idle;
                 if seen == entry.sent {
+                    // An invalidation still waiting in the pacing queue never
+                    // reached the actor; it still ends the cool-down the
+                    // report carries, as it would have there.
+                    let invalidated = matches!(entry.pending, Some((_, None)));
                     // Nothing we sent is still in its mailbox, and we will
                     // send it nothing more: stopping it loses no request.
                     if let Some(entry) = self.forget(&key) {
                         entry.actor.stop(None);
                     }
-                    if let Some(restart) = restart {
+                    if let Some(restart) = restart.filter(|_| !invalidated) {
                         self.dormant.insert(key, restart);
                     }
                 }
@@ -557,6 +561,9 @@ impl<T: Send + Sync + 'static> SupervisorState<T> {
         }
         let mut acks = Vec::with_capacity(self.entries.len());
         for (_, entry) in self.entries.iter_mut() {
+            // A retirement decided before the shutdown keeps its cause, and an
+            // invalidation still discards a build in flight.
+            entry.flush_pending();
             let (tx, rx) = tokio::sync::oneshot::channel();
             if entry.send(KeyMsg::Shutdown { reply: tx.into() }).is_ok() {
                 acks.push(rx);
