@@ -214,17 +214,9 @@ impl<T: Send + Sync + 'static> SupervisorState<T> {
 
     /// A caller's request: handed to the key's actor, or answered here when
     /// the key has no actor and is cooling down, or when the request is a
-    /// first ask without a factory (nothing to build with, so no actor is
-    /// started for it).
+    /// first ask without a factory that no actor can serve (nothing to build
+    /// with, so no actor is started for it).
     async fn get(&mut self, myself: &ActorRef<SupervisorMsg<T>>, key: Arc<str>, request: Request<T>) {
-        // An idle actor has nothing to serve a first ask with. Asking it
-        // anyway would make it report idle again, and the supervisor would
-        // stop it just before the second ask comes to start a build.
-        let idle = request.factory.is_none() && self.entries.peek(&key).is_some_and(|e| matches!(e.view, View::Idle));
-        if idle {
-            request.need_factory();
-            return;
-        }
         let Err(KeyMsg::Get(request)) = self.send_to_resident(&key, KeyMsg::Get(request)) else {
             return;
         };
@@ -251,11 +243,17 @@ impl<T: Send + Sync + 'static> SupervisorState<T> {
 
     /// The hot path: one lookup, which also moves the key to the front of
     /// the LRU order. A pending `Retire` goes first. Gives `msg` back when the
-    /// key has no live actor.
+    /// key has no live actor, or when it is a first ask (no factory) and the
+    /// actor last reported idle: such an actor has nothing to serve it with,
+    /// and asking it anyway would make it report idle again, so that it
+    /// would be stopped just before the second ask comes to start a build.
     fn send_to_resident(&mut self, key: &Arc<str>, msg: KeyMsg<T>) -> Result<(), KeyMsg<T>> {
         let Some(entry) = self.entries.get_mut(key) else {
             return Err(msg);
         };
+        if matches!(entry.view, View::Idle) && matches!(&msg, KeyMsg::Get(request) if request.factory.is_none()) {
+            return Err(msg);
+        }
         // Only the idle sweep reads `last_used`; without it, skip the clock.
         if self.shared.settings.time_to_idle.is_some() {
             entry.last_used = Instant::now();
