@@ -104,6 +104,10 @@ impl<T: Send + Sync + 'static> Pool<T> {
     /// under the [`RestartPolicy`], and only one call per key runs at a time
     /// (see the type docs for what concurrent callers see).
     ///
+    /// A hit is one round trip through the pool's actors and does not box
+    /// `factory`; a miss makes a second round trip that carries it. Dropping
+    /// the returned future does not cancel a build other callers wait on.
+    ///
     /// # Errors
     ///
     /// [`PoolError::Factory`], [`PoolError::FactoryPanicked`] or
