@@ -106,7 +106,8 @@ impl<T: Send + Sync + 'static> Pool<T> {
     ///
     /// A hit is one round trip through the pool's actors and does not box
     /// `factory`; a miss makes a second round trip that carries it. Dropping
-    /// the returned future does not cancel a build other callers wait on.
+    /// the returned future does not cancel the build: it finishes, serves
+    /// the other callers waiting on it, and its instance is cached.
     ///
     /// # Errors
     ///
