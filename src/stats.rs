@@ -144,7 +144,10 @@ pub struct Retirements {
     /// A caller presented another credentials hash.
     pub credentials: u64,
     /// Named by `invalidate` or `invalidate_by_prefix` (also builds that were
-    /// invalidated while in flight, which are never served).
+    /// invalidated while in flight, which are never served). Counted when the
+    /// key's actor retires the instance: after `invalidate` returns it is
+    /// counted; after `invalidate_by_prefix` returns, retirements are paced
+    /// (16 per ms) and the count follows within milliseconds.
     pub invalidated: u64,
     /// Replaced by `insert`.
     pub replaced: u64,

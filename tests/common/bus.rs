@@ -73,3 +73,15 @@ pub async fn shutdown_and_join(pool: &Pool<Client>, listener: JoinHandle<()>) {
     .await;
     listener.await.expect("listener task did not panic");
 }
+
+/// Waits (up to `WAIT`) until at least `n` invalidated retirements are
+/// counted, and returns that count. Prefix and flush-all invalidations are
+/// paced: their keys leave `Stats::keys` at once, but each retirement is
+/// counted when its key actor handles it, a moment later.
+pub async fn invalidated(pool: &Pool<Client>, n: u64) -> u64 {
+    let what = format!("{n} invalidated retirement(s) counted");
+    wait_stats(pool, &what, WAIT, |s| s.retirements.invalidated >= n)
+        .await
+        .retirements
+        .invalidated
+}
