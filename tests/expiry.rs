@@ -15,14 +15,6 @@ async fn get(pool: &Pool<Client>, c: &Arc<Counters>, key: &str) -> Lease<Client>
         .expect("the factory never fails here")
 }
 
-/// Lets every actor and task run to quiescence (paused clock: yields only,
-/// no time passes), so that "nothing happened" assertions mean something.
-async fn settle() {
-    for _ in 0..2_000 {
-        tokio::task::yield_now().await;
-    }
-}
-
 async fn advance(d: Duration) {
     tokio::time::advance(d).await;
 }

@@ -9,13 +9,6 @@ use futures::future::{BoxFuture, join_all};
 use tokio::time::Instant;
 use warmpool::{Lease, PoolError, RestartPolicy};
 
-/// Lets spawned tasks and actors run for a while (paused clock: no real waiting).
-async fn settle() {
-    for _ in 0..500 {
-        tokio::task::yield_now().await;
-    }
-}
-
 type ClientFactory = Box<dyn Fn() -> BoxFuture<'static, Result<Client, std::io::Error>> + Send + Sync>;
 
 /// The policy of the cool-down tests: no retries, cool after 3 failures in 30 s, first cool-down 10 s.

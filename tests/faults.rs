@@ -15,13 +15,6 @@ use futures::future::BoxFuture;
 use ractor::{Actor, ActorProcessingErr, ActorRef, ActorStatus};
 use warmpool::{Lease, Pool, PoolError, RestartPolicy};
 
-/// Lets spawned tasks and actors run for a while (paused clock: no real waiting).
-async fn settle() {
-    for _ in 0..500 {
-        tokio::task::yield_now().await;
-    }
-}
-
 type ClientFactory = Box<dyn Fn() -> BoxFuture<'static, Result<Client, std::io::Error>> + Send + Sync>;
 
 /// A factory that never completes, counting calls.

@@ -9,13 +9,6 @@ use warmpool::{Lease, Pool};
 
 const MS10: Duration = Duration::from_millis(10);
 
-/// Lets spawned tasks and actors run for a while (paused clock: no real waiting).
-async fn settle() {
-    for _ in 0..500 {
-        tokio::task::yield_now().await;
-    }
-}
-
 fn assert_send_sync<X: Send + Sync>() {}
 fn assert_clone<X: Clone>() {}
 

@@ -22,13 +22,6 @@ async fn get(pool: &Pool<Client>, c: &Arc<Counters>, key: &str) -> Lease<Client>
         .expect("the factory never fails here")
 }
 
-/// Lets every actor and task run to quiescence (paused clock: yields only).
-async fn settle() {
-    for _ in 0..2_000 {
-        tokio::task::yield_now().await;
-    }
-}
-
 /// Advances the paused clock 1 ms at a time (letting everything run between
 /// steps) until `cond` holds, for at most `limit`; panics with `what` if it
 /// never does.

@@ -16,13 +16,6 @@ use warmpool::{Lease, Pool, PoolError, RestartPolicy};
 
 const SEC: Duration = Duration::from_secs(1);
 
-/// Lets every actor and task run to quiescence (paused clock: yields only).
-async fn settle() {
-    for _ in 0..2_000 {
-        tokio::task::yield_now().await;
-    }
-}
-
 /// Gets `key` with hash 1 from a factory that builds at once.
 async fn get(pool: &Pool<Client>, c: &Arc<Counters>, key: &str) -> Lease<Client> {
     pool.get_or_create(key, h(1), factory(c, key, h(1), Duration::ZERO))

@@ -8,13 +8,6 @@ use std::time::Duration;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, ActorStatus, RpcReplyPort, SupervisionEvent};
 use warmpool::{Pool, PoolError, Stats, SupervisorMsg};
 
-/// Lets spawned tasks and actors run for a while (paused clock: no real waiting).
-async fn settle() {
-    for _ in 0..500 {
-        tokio::task::yield_now().await;
-    }
-}
-
 /// A fixed instance, for `insert`.
 fn client(key: &str, hash: u64) -> Client {
     Client {

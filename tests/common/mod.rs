@@ -94,6 +94,14 @@ pub fn h(n: u64) -> CredentialsHash {
     CredentialsHash::from_u64(n)
 }
 
+/// Lets every actor and task run to quiescence (paused clock: yields only,
+/// no time passes), so that "nothing happened" assertions mean something.
+pub async fn settle() {
+    for _ in 0..2_000 {
+        tokio::task::yield_now().await;
+    }
+}
+
 /// Yields to the runtime until `cond` holds (paused clock: no real waiting),
 /// panicking with `what` if it never does.
 pub async fn eventually(what: &str, mut cond: impl AsyncFnMut() -> bool) {
