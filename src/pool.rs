@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use ractor::rpc::CallResult;
-use ractor::{Actor, ActorCell, ActorRef, ActorStatus, SpawnErr};
+use ractor::{Actor, ActorCell, ActorRef, RpcReplyPort, SpawnErr};
 
 use crate::actors::disposer::{DisposerActor, DisposerArgs};
+use crate::actors::lifecycle::{Lifecycle, Phase};
 use crate::actors::supervisor::{SupervisorActor, SupervisorArgs};
 use crate::actors::{DisposeHook, Settings, Shared, nonzero};
 use crate::config::{PoolConfig, RestartPolicy};
@@ -57,7 +58,8 @@ pub struct Pool<T: Send + Sync + 'static> {
 
 pub(crate) struct PoolInner<T: Send + Sync + 'static> {
     supervisor: ActorRef<SupervisorMsg<T>>,
-    metrics: Arc<Metrics>,
+    /// Settings, counters and the pool's phase, shared with the actors.
+    shared: Arc<Shared<T>>,
     /// How long the shutdown started by dropping the last handle waits for
     /// dispose hooks.
     drop_deadline: Duration,
@@ -186,26 +188,38 @@ impl<T: Send + Sync + 'static> Pool<T> {
         // is the actor that keeps it, so no reference count is touched from
         // two threads.
         let sent_key: Arc<str> = Arc::from(key);
-        let result = self
-            .inner
-            .supervisor
-            .call(
-                move |reply| {
-                    SupervisorInternal::Get {
-                        key: sent_key,
-                        request: Request {
-                            hash,
-                            factory,
-                            ttl,
-                            reply,
-                        },
-                    }
-                    .into()
+        self.call(Some(key), move |reply| {
+            SupervisorInternal::Get {
+                key: sent_key,
+                request: Request {
+                    hash,
+                    factory,
+                    ttl,
+                    reply,
                 },
-                None,
-            )
-            .await;
-        self.answer(result, Some(key))
+            }
+            .into()
+        })
+        .await
+    }
+
+    /// Sends the message `msg` builds to the supervisor and waits for its
+    /// reply, or for the pool to stop, whichever comes first: a reply that
+    /// can no longer come (its message was caught by the supervisor's end)
+    /// never leaves the caller waiting.
+    async fn call<R: Send + 'static>(
+        &self,
+        key: Option<&str>,
+        msg: impl FnOnce(RpcReplyPort<R>) -> SupervisorMsg<T>,
+    ) -> Result<R, PoolError> {
+        let call = self.inner.supervisor.call(msg, None);
+        let result = tokio::select! {
+            // A reply that is there wins over the end that followed it.
+            biased;
+            result = call => result,
+            () = self.inner.shared.lifecycle.stopped() => return Err(PoolError::ShutDown),
+        };
+        self.answer(result, key)
     }
 
     /// Puts `instance`, built elsewhere for `credentials_hash`, into the pool
@@ -235,28 +249,20 @@ impl<T: Send + Sync + 'static> Pool<T> {
         value: T,
         ttl: Option<Duration>,
     ) -> Result<(), PoolError> {
-        let key: Arc<str> = Arc::from(key);
-        let sent_key = key.clone();
-        let result = self
-            .inner
-            .supervisor
-            .call(
-                move |reply| {
-                    SupervisorInternal::Insert {
-                        key: sent_key,
-                        insert: InsertRequest {
-                            hash,
-                            value,
-                            ttl,
-                            reply: Some(reply),
-                        },
-                    }
-                    .into()
+        let sent_key: Arc<str> = Arc::from(key);
+        self.call(Some(key), move |reply| {
+            SupervisorInternal::Insert {
+                key: sent_key,
+                insert: InsertRequest {
+                    hash,
+                    value,
+                    ttl,
+                    reply: Some(reply),
                 },
-                None,
-            )
-            .await;
-        self.answer(result, Some(&*key))?
+            }
+            .into()
+        })
+        .await?
     }
 
     /// Retires `key`'s instance (leases keep it alive until dropped). Returns
@@ -265,12 +271,8 @@ impl<T: Send + Sync + 'static> Pool<T> {
     /// discarded and its waiters get a fresh one. Also ends a cool-down.
     pub async fn invalidate(&self, key: &str) -> Result<bool, PoolError> {
         let owned = key.to_string();
-        let result = self
-            .inner
-            .supervisor
-            .call(|reply| SupervisorMsg::Invalidate { key: owned, reply }, None)
-            .await;
-        self.answer(result, Some(key))
+        self.call(Some(key), |reply| SupervisorMsg::Invalidate { key: owned, reply })
+            .await
     }
 
     /// Retires every key that starts with `prefix` (a plain string prefix:
@@ -285,22 +287,13 @@ impl<T: Send + Sync + 'static> Pool<T> {
     /// as their retirements go out (about 60-150 ms for 1,000 keys).
     pub async fn invalidate_by_prefix(&self, prefix: &str) -> Result<usize, PoolError> {
         let prefix = prefix.to_string();
-        let result = self
-            .inner
-            .supervisor
-            .call(|reply| SupervisorMsg::InvalidateByPrefix { prefix, reply }, None)
-            .await;
-        self.answer(result, None)
+        self.call(None, |reply| SupervisorMsg::InvalidateByPrefix { prefix, reply })
+            .await
     }
 
     /// A snapshot of the pool's counters and resident keys.
     pub async fn stats(&self) -> Result<Stats, PoolError> {
-        let result = self
-            .inner
-            .supervisor
-            .call(|reply| SupervisorMsg::Stats { reply }, None)
-            .await;
-        self.answer(result, None)
+        self.call(None, |reply| SupervisorMsg::Stats { reply }).await
     }
 
     /// Shuts the pool down and reports what happened.
@@ -313,18 +306,11 @@ impl<T: Send + Sync + 'static> Pool<T> {
     /// dropped. Calling it again (or from another handle) waits for the same
     /// shutdown and gets the same report.
     pub async fn shutdown(&self, deadline: Duration) -> Result<ShutdownReport, PoolError> {
-        let result = self
-            .inner
-            .supervisor
-            .call(
-                |reply| SupervisorMsg::Shutdown {
-                    deadline,
-                    reply: Some(reply),
-                },
-                None,
-            )
-            .await;
-        self.answer(result, None)
+        self.call(None, |reply| SupervisorMsg::Shutdown {
+            deadline,
+            reply: Some(reply),
+        })
+        .await
     }
 
     /// The supervisor actor, for applications that talk to the pool from
@@ -335,12 +321,13 @@ impl<T: Send + Sync + 'static> Pool<T> {
     }
 
     pub(crate) fn metrics(&self) -> &Arc<Metrics> {
-        &self.inner.metrics
+        &self.inner.shared.metrics
     }
 
-    /// Whether the pool has shut down (or is shutting down and has stopped).
+    /// Whether the pool is shutting down or has shut down (calls are then
+    /// refused with [`PoolError::ShutDown`]).
     pub fn is_shut_down(&self) -> bool {
-        self.inner.supervisor.get_status() != ActorStatus::Running
+        self.inner.shared.lifecycle.phase() != Phase::Running
     }
 
     /// A handle that does not keep the pool alive (for background listeners,
@@ -358,8 +345,8 @@ impl<T: Send + Sync + 'static> Pool<T> {
         match result {
             Ok(CallResult::Success(value)) => Ok(value),
             // The reply port was dropped: the key's actor stopped mid-call,
-            // unless the whole pool did.
-            Ok(_) if self.inner.supervisor.get_status() == ActorStatus::Running => match key {
+            // unless the whole pool is stopping.
+            Ok(_) if self.inner.shared.lifecycle.phase() == Phase::Running => match key {
                 Some(key) => Err(PoolError::ActorStopped { key: key.to_string() }),
                 None => Err(PoolError::ShutDown),
             },
@@ -542,10 +529,11 @@ impl<T: Send + Sync + 'static> PoolBuilder<T> {
         let drop_deadline = self.settings.dispose_timeout.unwrap_or(Duration::from_secs(30));
         let shared = Arc::new(Shared {
             settings: self.settings,
-            metrics: metrics.clone(),
+            metrics,
             disposer: disposer.clone(),
+            lifecycle: Lifecycle::default(),
         });
-        let args = SupervisorArgs { shared };
+        let args = SupervisorArgs { shared: shared.clone() };
         let spawned = match parent {
             Some(parent) => Actor::spawn_linked(self.name, SupervisorActor::new(), args, parent).await,
             None => Actor::spawn(self.name, SupervisorActor::new(), args).await,
@@ -554,7 +542,7 @@ impl<T: Send + Sync + 'static> PoolBuilder<T> {
         Ok(Pool {
             inner: Arc::new(PoolInner {
                 supervisor,
-                metrics,
+                shared,
                 drop_deadline,
             }),
         })

@@ -449,9 +449,15 @@ impl<T: Send + Sync + 'static> KeyState<T> {
             if self.build.is_none()
                 && let Some(reply) = self.shutdown.take()
             {
-                self.queued.clear();
+                for request in self.queued.drain(..) {
+                    request.answer(Err(PoolError::ShutDown));
+                }
                 let _ = reply.send(self.retired_by_shutdown);
-                myself.stop(None);
+                // `drain`, not `stop`: whatever is still in the mailbox is
+                // handled (and answered `ShutDown`) rather than dropped.
+                if myself.drain().is_err() {
+                    myself.stop(None);
+                }
             }
             return;
         }

@@ -13,6 +13,7 @@ use crate::stats::Metrics;
 
 pub(crate) mod disposer;
 pub(crate) mod key;
+pub(crate) mod lifecycle;
 pub(crate) mod supervisor;
 
 pub use supervisor::SupervisorActor;
@@ -39,6 +40,9 @@ pub(crate) struct Shared<T: Send + Sync + 'static> {
     pub(crate) settings: Settings,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) disposer: ActorRef<DisposerMsg<T>>,
+    /// Running, stopping or stopped; advanced by the supervisor, read by
+    /// every handle.
+    pub(crate) lifecycle: lifecycle::Lifecycle,
 }
 
 /// Zero means "never" for every duration setting.

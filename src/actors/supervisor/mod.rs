@@ -4,23 +4,24 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
-use std::time::Duration;
 
-use futures::future::join_all;
 use lru::LruCache;
-use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::actors::Shared;
 use crate::actors::key::{KeyActor, KeyArgs};
+use crate::actors::lifecycle::Phase;
 use crate::error::PoolError;
 use crate::messages::{DisposerMsg, Internal, KeyMsg, KeyReport, Request, SupervisorInternal, SupervisorMsg};
 use crate::restart::RestartState;
-use crate::stats::{CoolingKey, Metrics, RetireCause, ShutdownReport, Stats};
+use crate::stats::{CoolingKey, Metrics, RetireCause, Stats};
 
 mod retire;
+mod shutdown;
+
+use shutdown::Life;
 
 /// Up to this many keys, `stats()` copies the key list in the mailbox.
 const STATS_INLINE_KEYS: usize = 1024;
@@ -64,7 +65,7 @@ impl<T: Send + Sync + 'static> std::fmt::Debug for SupervisorState<T> {
         f.debug_struct("SupervisorState")
             .field("resident", &self.resident)
             .field("entries", &self.entries.len())
-            .field("shutting_down", &self.shutting_down)
+            .field("life", &self.life)
             .finish_non_exhaustive()
     }
 }
@@ -161,9 +162,8 @@ pub struct SupervisorState<T: Send + Sync + 'static> {
     /// A `RetireTick` is scheduled.
     tick_scheduled: bool,
     sweep: Option<JoinHandle<()>>,
-    shutting_down: bool,
-    shutdown_replies: Vec<RpcReplyPort<ShutdownReport>>,
-    shutdown_deadline: Duration,
+    /// Serving, shutting down, or done and draining its mailbox.
+    life: Life,
 }
 
 impl<T: Send + Sync + 'static> SupervisorState<T> {
@@ -390,28 +390,6 @@ impl<T: Send + Sync + 'static> SupervisorState<T> {
             .collect();
         (stats, keys)
     }
-
-    fn begin_shutdown(&mut self, myself: &ActorRef<SupervisorMsg<T>>) {
-        self.shutting_down = true;
-        if let Some(sweep) = self.sweep.take() {
-            sweep.abort();
-        }
-        let mut acks = Vec::with_capacity(self.entries.len());
-        for (_, entry) in self.entries.iter_mut() {
-            // A retirement decided before the shutdown keeps its cause, and an
-            // invalidation still discards a build in flight.
-            entry.flush_pending();
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            if entry.send(KeyMsg::Shutdown { reply: tx.into() }).is_ok() {
-                acks.push(rx);
-            }
-        }
-        let myself = myself.clone();
-        tokio::spawn(async move {
-            let retired = join_all(acks).await.into_iter().map(|r| r.unwrap_or(0)).sum();
-            let _ = myself.send_message(SupervisorInternal::KeysShutDown { retired }.into());
-        });
-    }
 }
 
 impl<T: Send + Sync + 'static> Drop for SupervisorState<T> {
@@ -420,6 +398,8 @@ impl<T: Send + Sync + 'static> Drop for SupervisorState<T> {
     // which is not linked, would then wait for `Close` forever. The state is
     // dropped however the actor ends.
     fn drop(&mut self) {
+        // Wakes every call still waiting on this actor: none can be answered now.
+        self.shared.lifecycle.advance(Phase::Stopped);
         if let Some(sweep) = self.sweep.take() {
             sweep.abort();
         }
@@ -445,7 +425,6 @@ impl<T: Send + Sync + 'static> Actor for SupervisorActor<T> {
             .sweep_interval
             .map(|period| myself.send_interval(period, || SupervisorInternal::Sweep.into()));
         Ok(SupervisorState {
-            shutdown_deadline: args.shared.settings.dispose_timeout.unwrap_or(Duration::from_secs(30)),
             shared: args.shared,
             entries: LruCache::unbounded(),
             ordered: BTreeSet::new(),
@@ -456,8 +435,7 @@ impl<T: Send + Sync + 'static> Actor for SupervisorActor<T> {
             paced: VecDeque::new(),
             tick_scheduled: false,
             sweep,
-            shutting_down: false,
-            shutdown_replies: Vec::new(),
+            life: Life::Serving,
         })
     }
 
@@ -470,14 +448,14 @@ impl<T: Send + Sync + 'static> Actor for SupervisorActor<T> {
         match message {
             SupervisorMsg::Internal(Internal(msg)) => match msg {
                 SupervisorInternal::Get { key, request } => {
-                    if state.shutting_down {
+                    if state.life.refuses_work() {
                         request.answer(Err(PoolError::ShutDown));
                         return Ok(());
                     }
                     state.get(&myself, key, request).await;
                 }
                 SupervisorInternal::Insert { key, insert } => {
-                    if state.shutting_down {
+                    if state.life.refuses_work() {
                         if let Some(reply) = insert.reply {
                             let _ = reply.send(Err(PoolError::ShutDown));
                         }
@@ -486,55 +464,23 @@ impl<T: Send + Sync + 'static> Actor for SupervisorActor<T> {
                     state.route(&myself, key, KeyMsg::Insert(insert)).await;
                 }
                 SupervisorInternal::Report { key, actor, report } => {
-                    if !state.shutting_down {
+                    if !state.life.refuses_work() {
                         state.report(key, actor, report);
                     }
                 }
                 SupervisorInternal::Sweep => {
-                    if !state.shutting_down {
+                    if !state.life.refuses_work() {
                         state.sweep(&myself);
                     }
                 }
                 SupervisorInternal::RetireTick => {
                     state.tick_scheduled = false;
-                    if !state.shutting_down {
+                    if !state.life.refuses_work() {
                         state.send_paced(&myself);
                     }
                 }
-                SupervisorInternal::KeysShutDown { retired } => {
-                    let disposer = state.shared.disposer.clone();
-                    let deadline = state.shutdown_deadline;
-                    let metrics = state.shared.metrics.clone();
-                    let myself = myself.clone();
-                    tokio::spawn(async move {
-                        let drain = disposer
-                            .call(|reply| DisposerMsg::Drain { deadline, reply }, None)
-                            .await
-                            .ok()
-                            .and_then(|r| r.success_or(()).ok());
-                        let report = ShutdownReport {
-                            retired,
-                            disposed: metrics.disposals.load(Relaxed),
-                            dispose_failures: metrics.dispose_failures.load(Relaxed),
-                            still_leased: drain.as_ref().map(|d| d.still_leased.clone()).unwrap_or_default(),
-                            disposals_pending: drain.as_ref().map_or(0, |d| d.pending),
-                            deadline_passed: drain.as_ref().is_some_and(|d| d.deadline_passed),
-                        };
-                        let _ = myself.send_message(SupervisorInternal::ShutdownDone { report }.into());
-                    });
-                }
-                SupervisorInternal::ShutdownDone { report } => {
-                    for reply in state.shutdown_replies.drain(..) {
-                        let _ = reply.send(report.clone());
-                    }
-                    tracing::info!(
-                        retired = report.retired,
-                        disposed = report.disposed,
-                        still_leased = report.still_leased.len(),
-                        "pool shut down"
-                    );
-                    myself.stop(None);
-                }
+                SupervisorInternal::KeysShutDown { retired } => state.keys_shut_down(&myself, retired),
+                SupervisorInternal::ShutdownDone { report } => state.shutdown_done(&myself, report),
             },
             SupervisorMsg::Invalidate { key, reply } => state.invalidate(&key, reply),
             SupervisorMsg::InvalidateByPrefix { prefix, reply } => state.invalidate_by_prefix(&myself, &prefix, reply),
@@ -553,15 +499,7 @@ impl<T: Send + Sync + 'static> Actor for SupervisorActor<T> {
                     tokio::task::spawn_blocking(finish);
                 }
             }
-            SupervisorMsg::Shutdown { deadline, reply } => {
-                if let Some(reply) = reply {
-                    state.shutdown_replies.push(reply);
-                }
-                if !state.shutting_down {
-                    state.shutdown_deadline = deadline;
-                    state.begin_shutdown(&myself);
-                }
-            }
+            SupervisorMsg::Shutdown { deadline, reply } => state.shutdown(&myself, deadline, reply),
         }
         Ok(())
     }
@@ -582,7 +520,7 @@ impl<T: Send + Sync + 'static> Actor for SupervisorActor<T> {
             return Ok(()); // an actor we stopped ourselves
         };
         state.forget(&key);
-        if !state.shutting_down {
+        if !state.life.refuses_work() {
             Metrics::bump(&state.metrics().actor_restarts);
             match &event {
                 SupervisionEvent::ActorFailed(_, error) => {
