@@ -96,7 +96,7 @@ pub struct PoolConfig {
     pub ttl_ms: Option<u64>,
     /// Time to idle (since the last hand-out), in seconds; 0 is off. Defaults to 0.
     pub idle_seconds: u64,
-    /// Most keys resident at once. Defaults to 1,000.
+    /// Most keys resident at once; 0 means no limit. Defaults to 1,000.
     pub max_entries: usize,
     /// Period of the sweep that retires expired entries, in seconds. Defaults to 60.
     pub sweep_seconds: u64,
@@ -210,59 +210,66 @@ impl PoolConfig {
                 Some(Ok(text)) => text.trim().parse::<u64>().map(Some).map_err(|_| malformed(text)),
             }
         };
-        let mut config = PoolConfig::default();
-        if let Some(v) = read("TTL_SECONDS")? {
-            config.ttl_seconds = v;
-        }
-        config.ttl_ms = read("TTL_MS")?.or(config.ttl_ms);
-        if let Some(v) = read("IDLE_SECONDS")? {
-            config.idle_seconds = v;
-        }
-        if let Some(v) = read("MAX_ENTRIES")? {
-            config.max_entries = usize::try_from(v).unwrap_or(usize::MAX);
-        }
-        if let Some(v) = read("SWEEP_SECONDS")? {
-            config.sweep_seconds = v;
-        }
-        if let Some(v) = read("CREATE_TIMEOUT_MS")? {
-            config.create_timeout_ms = v;
-        }
-        if let Some(v) = read("DISPOSE_TIMEOUT_MS")? {
-            config.dispose_timeout_ms = v;
-        }
-        Ok(config.clamped(caps))
+        // A value the user set and that exceeds its cap is clamped with a
+        // warning; a default that exceeds a (lowered) cap is clamped quietly,
+        // since nobody asked for it.
+        let defaults = PoolConfig::default().clamped_quietly(caps);
+        let ttl_cap = caps.max_ttl.as_secs();
+        let ttl_ms_cap = u64::try_from(caps.max_ttl.as_millis()).unwrap_or(u64::MAX);
+        let entries_cap = u64::try_from(caps.max_entries).unwrap_or(u64::MAX);
+        let given = |suffix: &str, name: &str, cap: u64| -> Result<Option<u64>, ConfigError> {
+            Ok(read(suffix)?.map(|v| clamp(name, v, cap, true)))
+        };
+        let config = PoolConfig {
+            ttl_seconds: given("TTL_SECONDS", "ttl_seconds", ttl_cap)?.unwrap_or(defaults.ttl_seconds),
+            ttl_ms: given("TTL_MS", "ttl_ms", ttl_ms_cap)?.or(defaults.ttl_ms),
+            idle_seconds: given("IDLE_SECONDS", "idle_seconds", caps.max_idle.as_secs())?
+                .unwrap_or(defaults.idle_seconds),
+            max_entries: given("MAX_ENTRIES", "max_entries", entries_cap)?
+                .map_or(defaults.max_entries, |v| usize::try_from(v).unwrap_or(usize::MAX)),
+            sweep_seconds: given("SWEEP_SECONDS", "sweep_seconds", caps.max_sweep.as_secs())?
+                .unwrap_or(defaults.sweep_seconds),
+            create_timeout_ms: read("CREATE_TIMEOUT_MS")?.unwrap_or(defaults.create_timeout_ms),
+            dispose_timeout_ms: read("DISPOSE_TIMEOUT_MS")?.unwrap_or(defaults.dispose_timeout_ms),
+        };
+        Ok(config)
     }
 
     /// Returns this config with every value above its cap lowered to the cap,
     /// logging a warning for each value changed.
     #[must_use]
-    pub fn clamped(mut self, caps: &ConfigCaps) -> PoolConfig {
-        fn clamp(name: &str, value: &mut u64, cap: u64) {
-            if *value > cap {
-                tracing::warn!(
-                    setting = name,
-                    value = *value,
-                    cap,
-                    "config value above its cap; clamped"
-                );
-                *value = cap;
-            }
-        }
-        clamp("ttl_seconds", &mut self.ttl_seconds, caps.max_ttl.as_secs());
-        if let Some(ms) = self.ttl_ms.as_mut() {
-            clamp(
-                "ttl_ms",
-                ms,
-                u64::try_from(caps.max_ttl.as_millis()).unwrap_or(u64::MAX),
-            );
-        }
-        clamp("idle_seconds", &mut self.idle_seconds, caps.max_idle.as_secs());
-        clamp("sweep_seconds", &mut self.sweep_seconds, caps.max_sweep.as_secs());
-        let mut entries = self.max_entries as u64;
-        clamp("max_entries", &mut entries, caps.max_entries as u64);
-        self.max_entries = entries as usize;
+    pub fn clamped(self, caps: &ConfigCaps) -> PoolConfig {
+        self.clamp_all(caps, true)
+    }
+
+    fn clamped_quietly(self, caps: &ConfigCaps) -> PoolConfig {
+        self.clamp_all(caps, false)
+    }
+
+    fn clamp_all(mut self, caps: &ConfigCaps, warn: bool) -> PoolConfig {
+        self.ttl_seconds = clamp("ttl_seconds", self.ttl_seconds, caps.max_ttl.as_secs(), warn);
+        self.ttl_ms = self.ttl_ms.map(|ms| {
+            let cap = u64::try_from(caps.max_ttl.as_millis()).unwrap_or(u64::MAX);
+            clamp("ttl_ms", ms, cap, warn)
+        });
+        self.idle_seconds = clamp("idle_seconds", self.idle_seconds, caps.max_idle.as_secs(), warn);
+        self.sweep_seconds = clamp("sweep_seconds", self.sweep_seconds, caps.max_sweep.as_secs(), warn);
+        let entries_cap = u64::try_from(caps.max_entries).unwrap_or(u64::MAX);
+        let entries = u64::try_from(self.max_entries).unwrap_or(u64::MAX);
+        self.max_entries = usize::try_from(clamp("max_entries", entries, entries_cap, warn)).unwrap_or(usize::MAX);
         self
     }
+}
+
+/// `value`, lowered to `cap` if above it (with a warning when `warn`).
+fn clamp(name: &str, value: u64, cap: u64, warn: bool) -> u64 {
+    if value <= cap {
+        return value;
+    }
+    if warn {
+        tracing::warn!(setting = name, value, cap, "config value above its cap; clamped");
+    }
+    cap
 }
 
 #[cfg(test)]

@@ -371,7 +371,8 @@ impl<T: Send + Sync + 'static> fmt::Debug for WeakPool<T> {
 }
 
 /// Builds a [`Pool`]. Every setter says its default; a zero duration means
-/// "never" (or "unbounded" for timeouts).
+/// "never" (or "unbounded" for timeouts), and so does a duration too long for
+/// the clock (`Duration::MAX` is a valid "practically never").
 #[must_use = "a builder does nothing until `spawn` is called"]
 pub struct PoolBuilder<T: Send + Sync + 'static> {
     settings: Settings,
@@ -420,7 +421,7 @@ impl<T: Send + Sync + 'static> PoolBuilder<T> {
     pub fn config(mut self, config: &PoolConfig) -> Self {
         self.settings.time_to_live = nonzero(config.time_to_live());
         self.settings.time_to_idle = nonzero(Duration::from_secs(config.idle_seconds));
-        self.settings.max_entries = config.max_entries;
+        self.settings.max_entries = unbounded_if_zero(config.max_entries);
         self.settings.sweep_interval = nonzero(Duration::from_secs(config.sweep_seconds));
         self.settings.create_timeout = nonzero(Duration::from_millis(config.create_timeout_ms));
         self.settings.dispose_timeout = nonzero(Duration::from_millis(config.dispose_timeout_ms));
@@ -428,9 +429,10 @@ impl<T: Send + Sync + 'static> PoolBuilder<T> {
     }
 
     /// Most keys resident at once; past it the least recently used key
-    /// without a live lease or a build in flight is retired. Defaults to 1,000.
+    /// without a live lease or a build in flight is retired. Defaults to
+    /// 1,000; zero means no limit (as zero means "never" for every duration).
     pub fn max_entries(mut self, max_entries: usize) -> Self {
-        self.settings.max_entries = max_entries;
+        self.settings.max_entries = unbounded_if_zero(max_entries);
         self
     }
 
@@ -547,6 +549,11 @@ impl<T: Send + Sync + 'static> PoolBuilder<T> {
             }),
         })
     }
+}
+
+/// Zero entries means "no limit", like zero for every duration setting.
+fn unbounded_if_zero(max_entries: usize) -> usize {
+    if max_entries == 0 { usize::MAX } else { max_entries }
 }
 
 /// What a dispose hook may return: `()` or `Result<(), E>`.

@@ -274,3 +274,40 @@ async fn insert_of_a_new_key_evicts_the_lru_key() {
     assert_eq!(get(&pool, &c, "z").await.serial, 99, "the inserted instance is served");
     assert_eq!(c.builds(), 2);
 }
+
+/// Contract 5 for `insert`: into a full pool whose keys are all leased, the
+/// inserted key is admitted and served (overshoot counted once), not retired
+/// at once; it is trimmed only later, as the LRU key without a lease, when
+/// another key is admitted.
+#[tokio::test(start_paused = true)]
+async fn insert_into_a_full_leased_pool_is_admitted_and_served() {
+    let c = Counters::new();
+    let pool = pool(&c, 2).await;
+    let a = get(&pool, &c, "a").await;
+    let b = get(&pool, &c, "b").await;
+    let primed = Client {
+        key: "c".to_string(),
+        hash: h(1),
+        serial: 99,
+    };
+    pool.insert("c", h(1), primed).await.unwrap();
+    settle().await;
+
+    let s = pool.stats().await.unwrap();
+    assert_eq!(s.keys, strings(&["a", "b", "c"]));
+    assert_eq!(s.capacity_overshoot, 1);
+    assert_eq!(s.retirements.total(), 0);
+    assert_eq!(c.disposed(), 0, "the inserted instance is not disposed");
+    assert_eq!(get(&pool, &c, "c").await.serial, 99, "the inserted instance is served");
+    settle().await;
+    assert_eq!(pool.stats().await.unwrap().capacity_overshoot, 1, "counted once");
+
+    // Leases gone, one more key: the two least recently used keys go (a, b),
+    // and the pool is back at its cap.
+    drop((a, b));
+    drop(get(&pool, &c, "d").await);
+    eventually("a and b are disposed", async || c.disposed() == 2).await;
+    let s = pool.stats().await.unwrap();
+    assert_eq!(s.keys, strings(&["c", "d"]));
+    assert_eq!(s.retirements.capacity, 2);
+}

@@ -308,7 +308,7 @@ fn json_wrong_types_are_rejected() {
 // PoolBuilder::config
 // ---------------------------------------------------------------------------
 
-/// A config's `ttl_ms` of 500 is the pool's TTL: a hit at 499 ms, a rebuild at 500 ms.
+/// A config's `ttl_ms` of 500 is the pool's TTL: a hit at 500 ms, a rebuild at 501 ms.
 #[tokio::test(start_paused = true)]
 async fn builder_config_ttl_is_applied() {
     let config: PoolConfig = serde_json::from_value(json!({"ttl_ms": 500})).unwrap();
@@ -317,7 +317,7 @@ async fn builder_config_ttl_is_applied() {
     let h = CredentialsHash::from_u64(1);
 
     assert_eq!(*pool.get_or_create("t:a", h, counting(&calls)).await.unwrap(), 1);
-    tokio::time::advance(Duration::from_millis(499)).await;
+    tokio::time::advance(Duration::from_millis(500)).await;
     assert_eq!(*pool.get_or_create("t:a", h, counting(&calls)).await.unwrap(), 1);
     tokio::time::advance(Duration::from_millis(1)).await;
     assert_eq!(*pool.get_or_create("t:a", h, counting(&calls)).await.unwrap(), 2);
@@ -345,7 +345,7 @@ async fn setter_after_config_overrides_it() {
     pool.get_or_create("t:a", h, counting(&calls)).await.unwrap();
     tokio::time::advance(Duration::from_millis(1_500)).await;
     assert_eq!(*pool.get_or_create("t:a", h, counting(&calls)).await.unwrap(), 1);
-    tokio::time::advance(Duration::from_millis(500)).await;
+    tokio::time::advance(Duration::from_millis(501)).await;
     assert_eq!(*pool.get_or_create("t:a", h, counting(&calls)).await.unwrap(), 2);
     pool.shutdown(Duration::from_secs(1)).await.unwrap();
 }
@@ -367,7 +367,7 @@ async fn builder_config_idle_is_applied() {
     assert_eq!(*pool.get_or_create("t:a", h, counting(&calls)).await.unwrap(), 1);
     tokio::time::advance(Duration::from_millis(1_900)).await;
     assert_eq!(*pool.get_or_create("t:a", h, counting(&calls)).await.unwrap(), 1);
-    tokio::time::advance(Duration::from_secs(2)).await;
+    tokio::time::advance(Duration::from_millis(2_001)).await;
     assert_eq!(*pool.get_or_create("t:a", h, counting(&calls)).await.unwrap(), 2);
     assert_eq!(pool.stats().await.unwrap().retirements.idle, 1);
     pool.shutdown(Duration::from_secs(1)).await.unwrap();
@@ -533,4 +533,120 @@ fn failing_serialize_is_a_hash_error() {
     }
     let error = hash_credentials(&Broken).unwrap_err();
     assert!(error.to_string().contains("vault unavailable"), "{error}");
+}
+
+/// Records the `setting` field of every warning emitted while it is the
+/// default subscriber (a minimal subscriber: the crate logs through
+/// `tracing` and no subscriber crate is a dependency).
+#[derive(Default)]
+struct WarnedSettings(Mutex<Vec<String>>);
+
+impl tracing::Subscriber for WarnedSettings {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        struct Setting(Option<String>);
+        impl tracing::field::Visit for Setting {
+            fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+                if field.name() == "setting" {
+                    self.0 = Some(value.to_string());
+                }
+            }
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                if field.name() == "setting" {
+                    self.0 = Some(format!("{value:?}"));
+                }
+            }
+        }
+        if *event.metadata().level() == tracing::Level::WARN {
+            let mut setting = Setting(None);
+            event.record(&mut setting);
+            self.0.lock().unwrap().push(setting.0.unwrap_or_default());
+        }
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+/// Caps below the built-in defaults clamp the defaults quietly: only values the
+/// user gave are warned about (here `IDLE_SECONDS`), and only when clamped.
+#[test]
+fn only_given_values_above_their_caps_are_warned_about() {
+    let caps = ConfigCaps {
+        max_ttl: Duration::from_secs(60),  // below the default 300 s
+        max_entries: 10,                   // below the default 1,000
+        max_sweep: Duration::from_secs(5), // below the default 60 s
+        max_idle: Duration::from_secs(30),
+    };
+    let subscriber = Arc::new(WarnedSettings::default());
+    let config = tracing::subscriber::with_default(subscriber.clone(), || {
+        PoolConfig::from_lookup(
+            DEFAULT_ENV_PREFIX,
+            &caps,
+            vars(&[("PROVIDER_RUNTIME_CACHE_IDLE_SECONDS", "100")]),
+        )
+        .unwrap()
+    });
+    assert_eq!(*subscriber.0.lock().unwrap(), ["idle_seconds"]);
+    assert_eq!(
+        (
+            config.ttl_seconds,
+            config.max_entries,
+            config.sweep_seconds,
+            config.idle_seconds
+        ),
+        (60, 10, 5, 30),
+        "defaults above the caps are still lowered to them"
+    );
+
+    // A value at or below its cap: no warning at all.
+    let subscriber = Arc::new(WarnedSettings::default());
+    tracing::subscriber::with_default(subscriber.clone(), || {
+        PoolConfig::from_lookup(
+            DEFAULT_ENV_PREFIX,
+            &caps,
+            vars(&[("PROVIDER_RUNTIME_CACHE_TTL_SECONDS", "60")]),
+        )
+        .unwrap()
+    });
+    assert!(
+        subscriber.0.lock().unwrap().is_empty(),
+        "{:?}",
+        subscriber.0.lock().unwrap()
+    );
+}
+
+/// `max_entries(0)`, and `MAX_ENTRIES=0` in the environment, mean no limit (as zero
+/// means "never" for durations), not "cache nothing": 50 keys stay resident and
+/// each is built once.
+#[tokio::test(start_paused = true)]
+async fn zero_max_entries_means_unbounded() {
+    let from_env = read(&[("PROVIDER_RUNTIME_CACHE_MAX_ENTRIES", "0")]).unwrap();
+    assert_eq!(from_env.max_entries, 0);
+    for builder in [
+        Pool::<usize>::builder().max_entries(0),
+        Pool::<usize>::builder().config(&from_env),
+    ] {
+        let pool = builder.sweep_interval(Duration::ZERO).spawn().await.unwrap();
+        let calls = Arc::new(AtomicUsize::new(0));
+        for round in 0..2 {
+            for i in 0..50 {
+                let key = format!("k{i}");
+                let lease = pool.get_or_create(&key, hash(&"c"), counting(&calls)).await.unwrap();
+                if round == 1 {
+                    assert!(*lease <= 50, "{key} was rebuilt");
+                }
+            }
+        }
+        assert_eq!(calls.load(SeqCst), 50, "each key built once");
+        let stats = pool.stats().await.unwrap();
+        assert_eq!(stats.size, 50);
+        assert_eq!(stats.retirements.capacity, 0);
+    }
 }

@@ -19,7 +19,7 @@ async fn advance(d: Duration) {
     tokio::time::advance(d).await;
 }
 
-/// Hits every 3 s do not extend a 10 s TTL: the instance is rebuilt 10 s after its creation.
+/// Hits every 3 s do not extend a 10 s TTL: the instance is rebuilt just after 10 s from its creation.
 #[tokio::test(start_paused = true)]
 async fn ttl_is_absolute_from_creation_and_hits_do_not_extend_it() {
     let c = Counters::new();
@@ -41,7 +41,7 @@ async fn ttl_is_absolute_from_creation_and_hits_do_not_extend_it() {
     }
     assert_eq!(c.builds(), 1);
 
-    advance(SEC).await; // t = 10 s since creation, 1 s after the last hit
+    advance(SEC + Duration::from_millis(1)).await; // just past 10 s since creation
     let second = get(&pool, &c, "k").await;
     assert_ne!(second.instance_id(), first_id, "TTL passed: a fresh instance");
     assert_eq!(second.serial, 2);
@@ -58,40 +58,7 @@ async fn ttl_is_absolute_from_creation_and_hits_do_not_extend_it() {
     assert_eq!(c.disposed(), 1, "exactly one disposal");
 }
 
-/// At 9.999 s a 10 s TTL still serves the cached instance; at exactly 10 s it is rebuilt.
-#[tokio::test(start_paused = true)]
-async fn ttl_boundary_just_before_is_hit_at_deadline_is_rebuild() {
-    let c = Counters::new();
-    let pool = builder(&c)
-        .time_to_live(10 * SEC)
-        .sweep_interval(Duration::ZERO)
-        .spawn()
-        .await
-        .unwrap();
-
-    let first = get(&pool, &c, "k").await;
-    let first_id = first.instance_id();
-    drop(first);
-
-    advance(Duration::from_millis(9_999)).await;
-    let hit = get(&pool, &c, "k").await;
-    assert_eq!(hit.instance_id(), first_id, "9.999 s < TTL: served from cache");
-    drop(hit);
-    assert_eq!(c.builds(), 1);
-    let s = pool.stats().await.unwrap();
-    assert_eq!((s.hits, s.retirements.ttl), (1, 0));
-
-    advance(Duration::from_millis(1)).await; // exactly 10 s
-    let rebuilt = get(&pool, &c, "k").await;
-    assert_ne!(rebuilt.instance_id(), first_id, "at the TTL the instance is not served");
-    assert_eq!(c.builds(), 2);
-    eventually("the expired instance is disposed", async || c.disposed() == 1).await;
-    let s = pool.stats().await.unwrap();
-    assert_eq!(s.retirements.ttl, 1);
-    assert_eq!(s.retirements.total(), 1);
-}
-
-/// With a 5 s idle time, a key used every 4 s is never rebuilt, and a key left alone 5 s is rebuilt on its next call.
+/// With a 5 s idle time, a key used every 4 s is never rebuilt, and a key left alone over 5 s is rebuilt on its next call.
 #[tokio::test(start_paused = true)]
 async fn idle_time_counts_from_last_hand_out() {
     let c = Counters::new();
@@ -114,16 +81,16 @@ async fn idle_time_counts_from_last_hand_out() {
     advance(4 * SEC).await; // t = 4
     assert_eq!(get(&pool, &c, "busy").await.instance_id(), busy_id);
 
-    advance(SEC).await; // t = 5: "lonely" untouched for 5 s
+    advance(SEC + Duration::from_millis(1)).await; // t = 5.001: "lonely" untouched for over 5 s
     let rebuilt = get(&pool, &c, "lonely").await;
-    assert_ne!(rebuilt.instance_id(), lonely_id, "idle for 5 s: rebuilt");
+    assert_ne!(rebuilt.instance_id(), lonely_id, "idle for over 5 s: rebuilt");
     assert_eq!(c.builds(), 3);
     drop(rebuilt);
     eventually("the idle instance is disposed", async || c.disposed() == 1).await;
     assert_eq!(c.disposed_keys.lock().unwrap().as_slice(), ["lonely"]);
 
     // "busy" keeps being used every 4 s, well past 5 s since creation.
-    advance(3 * SEC).await; // t = 8, 4 s after its last use at t = 4
+    advance(3 * SEC - Duration::from_millis(1)).await; // t = 8, 4 s after its last use at t = 4
     assert_eq!(
         get(&pool, &c, "busy").await.instance_id(),
         busy_id,
@@ -339,4 +306,89 @@ async fn leased_expired_instance_retired_by_sweep_disposed_after_lease_drop() {
     assert_eq!(s.retirements.ttl, 1);
     assert_eq!(s.retirements.total(), 1);
     assert_eq!(s.live_leases, 1);
+}
+
+/// Serves `key` once, then checks that it is served again (same instance) at
+/// exactly `deadline` after the last relevant moment, and rebuilt 1 ms later.
+async fn served_at_the_deadline_and_not_after(pool: &Pool<Client>, c: &Arc<Counters>, deadline: Duration) {
+    let first = get(pool, c, "k").await;
+    let id = first.instance_id();
+    drop(first);
+    advance(deadline).await;
+    let at = get(pool, c, "k").await;
+    assert_eq!(at.instance_id(), id, "served at exactly the deadline");
+    drop(at);
+    // For the idle time the hand-out at the deadline restarted it.
+    advance(deadline + Duration::from_millis(1)).await;
+    let after = get(pool, c, "k").await;
+    assert_ne!(after.instance_id(), id, "expired after the deadline");
+}
+
+/// The pool TTL: an instance is served at exactly its TTL and expired after it.
+#[tokio::test(start_paused = true)]
+async fn ttl_boundary_serves_at_the_deadline() {
+    let c = Counters::new();
+    let pool = builder(&c)
+        .time_to_live(10 * SEC)
+        .sweep_interval(Duration::ZERO)
+        .spawn()
+        .await
+        .unwrap();
+    let first = get(&pool, &c, "k").await;
+    let id = first.instance_id();
+    drop(first);
+    advance(10 * SEC).await;
+    assert_eq!(get(&pool, &c, "k").await.instance_id(), id, "served at exactly the TTL");
+    advance(Duration::from_millis(1)).await;
+    assert_ne!(get(&pool, &c, "k").await.instance_id(), id, "expired after it");
+    assert_eq!(c.builds(), 2);
+}
+
+/// The idle time: served at exactly the idle limit since the last hand-out, expired after it.
+#[tokio::test(start_paused = true)]
+async fn idle_boundary_serves_at_the_deadline() {
+    let c = Counters::new();
+    let pool = builder(&c)
+        .time_to_live(Duration::ZERO)
+        .time_to_idle(10 * SEC)
+        .sweep_interval(Duration::ZERO)
+        .spawn()
+        .await
+        .unwrap();
+    served_at_the_deadline_and_not_after(&pool, &c, 10 * SEC).await;
+    assert_eq!(c.builds(), 2);
+}
+
+/// A per-entry TTL: served at exactly its TTL, expired after it.
+#[tokio::test(start_paused = true)]
+async fn per_entry_ttl_boundary_serves_at_the_deadline() {
+    let c = Counters::new();
+    let pool = builder(&c).sweep_interval(Duration::ZERO).spawn().await.unwrap();
+    let get_ttl = || pool.get_or_create_with_ttl("k", h(1), 7 * SEC, factory(&c, "k", h(1), Duration::ZERO));
+    let id = get_ttl().await.unwrap().instance_id();
+    advance(7 * SEC).await;
+    assert_eq!(get_ttl().await.unwrap().instance_id(), id, "served at exactly its TTL");
+    advance(Duration::from_millis(1)).await;
+    assert_ne!(get_ttl().await.unwrap().instance_id(), id, "expired after it");
+}
+
+/// The sweep follows the same rule: a tick at exactly the TTL retires nothing.
+#[tokio::test(start_paused = true)]
+async fn sweep_at_the_exact_ttl_retires_nothing() {
+    let c = Counters::new();
+    let pool = builder(&c)
+        .time_to_live(10 * SEC)
+        .sweep_interval(5 * SEC)
+        .spawn()
+        .await
+        .unwrap();
+    drop(get(&pool, &c, "k").await);
+    // Ticks at 5 s and 10 s (the deadline): nothing retired.
+    advance(10 * SEC).await;
+    settle().await;
+    assert_eq!(pool.stats().await.unwrap().retirements.ttl, 0);
+    // The tick at 15 s retires it.
+    advance(5 * SEC).await;
+    eventually("retired by the sweep", async || c.disposed() == 1).await;
+    assert_eq!(pool.stats().await.unwrap().retirements.ttl, 1);
 }

@@ -647,3 +647,73 @@ async fn key_actor_stopped_from_outside_is_restarted() {
     assert_eq!(s.builds, 3);
     assert_eq!(s.keys, vec!["t:a".to_string(), "t:b".to_string()]);
 }
+
+/// A cool-down belongs to the credentials that failed: while `k` cools down for
+/// hash 1, a caller presenting hash 2 (the rotated key) gets one immediate
+/// attempt and its instance; hash 1 still cools until it is served again.
+#[tokio::test(start_paused = true)]
+async fn new_credentials_are_not_refused_by_a_cool_down() {
+    let c = Counters::new();
+    let policy = RestartPolicy {
+        max_retries: 0,
+        intensity: 1,
+        ..RestartPolicy::default()
+    };
+    let pool = builder(&c).restart_policy(policy).spawn().await.unwrap();
+    let err = pool
+        .get_or_create("k", h(1), failing(&c, Duration::ZERO))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, PoolError::Factory { .. }), "{err:?}");
+    settle().await; // the idle actor is stopped; the supervisor keeps the history
+    let err = pool
+        .get_or_create("k", h(1), failing(&c, Duration::ZERO))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, PoolError::CoolingDown { .. }), "{err:?}");
+    assert_eq!(c.builds(), 1);
+
+    let lease = pool
+        .get_or_create("k", h(2), factory(&c, "k", h(2), Duration::ZERO))
+        .await
+        .expect("new credentials get an attempt at once");
+    assert_eq!(lease.hash, h(2));
+    assert_eq!(c.builds(), 2);
+    assert!(
+        pool.stats().await.unwrap().cooling_keys.is_empty(),
+        "the success ends the cool-down"
+    );
+}
+
+/// While the key actor is alive (a build for other credentials keeps it busy),
+/// the cool-down is also per credentials: hash 2 fails and cools, hash 3 is tried.
+#[tokio::test(start_paused = true)]
+async fn cool_down_of_one_hash_does_not_refuse_another_in_the_actor() {
+    let c = Counters::new();
+    let policy = RestartPolicy {
+        max_retries: 0,
+        intensity: 1,
+        ..RestartPolicy::default()
+    };
+    let pool = builder(&c).restart_policy(policy).spawn().await.unwrap();
+    let _held = pool
+        .get_or_create("k", h(1), factory(&c, "k", h(1), Duration::ZERO))
+        .await
+        .unwrap();
+    let err = pool
+        .get_or_create("k", h(2), failing(&c, Duration::ZERO))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, PoolError::Factory { .. }), "{err:?}");
+    let err = pool
+        .get_or_create("k", h(2), failing(&c, Duration::ZERO))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, PoolError::CoolingDown { .. }), "{err:?}");
+    let lease = pool
+        .get_or_create("k", h(3), factory(&c, "k", h(3), Duration::ZERO))
+        .await
+        .unwrap();
+    assert_eq!(lease.hash, h(3));
+    assert_eq!(c.builds(), 3);
+}

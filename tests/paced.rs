@@ -123,7 +123,8 @@ async fn sweep_of_many_expired_keys_retires_each_once() {
         .unwrap();
     let keys = fill(&pool, &c, "k", 300).await;
 
-    tokio::time::advance(10 * SEC).await;
+    // Past the 10 s TTL (served at exactly 10 s): the tick at 11 s retires all.
+    tokio::time::advance(11 * SEC).await;
     // A call right at the tick: the key actor's own check rebuilds it.
     let (key, old) = &keys[299];
     let fresh = get(&pool, &c, key).await;

@@ -18,7 +18,7 @@ use crate::lease::{Instance, Lease};
 use crate::messages::{
     DisposerMsg, Factory, InsertRequest, KeyMsg, KeyReport, Request, SupervisorInternal, SupervisorMsg,
 };
-use crate::restart::{RestartState, Verdict};
+use crate::restart::{Deadline, RestartState, Verdict};
 use crate::stats::{Metrics, RetireCause};
 
 /// One actor per resident key. Its mailbox serialises everything about the
@@ -112,7 +112,7 @@ impl<T: Send + Sync + 'static> KeyState<T> {
             request.answer(Err(PoolError::ShutDown));
             return;
         }
-        if let Some(retry_after) = self.restart.cooling(now) {
+        if let Some(retry_after) = self.restart.cooling(now, request.hash) {
             request.answer(Err(self.cooling_error(retry_after)));
             return;
         }
@@ -288,8 +288,12 @@ impl<T: Send + Sync + 'static> KeyState<T> {
                 let verdict = if self.shutting_down {
                     Verdict::GiveUp
                 } else {
-                    self.restart
-                        .failure(now, &self.shared.settings.restart_policy, build.retries_done)
+                    self.restart.failure(
+                        now,
+                        &self.shared.settings.restart_policy,
+                        build.retries_done,
+                        build.hash,
+                    )
                 };
                 match verdict {
                     Verdict::Retry(delay) => {
@@ -571,9 +575,13 @@ impl Settings {
         hash: CredentialsHash,
         now: Instant,
     ) -> Option<RetireCause> {
-        if current.expires_at.is_some_and(|at| now >= at) {
+        // Served at the very deadline, expired after it.
+        if current.expires_at.is_some_and(|at| now > at) {
             Some(RetireCause::Ttl)
-        } else if self.time_to_idle.is_some_and(|idle| now >= current.last_used + idle) {
+        } else if self
+            .time_to_idle
+            .is_some_and(|idle| Deadline::after(current.last_used, idle).has_passed(now))
+        {
             Some(RetireCause::Idle)
         } else if current.hash != hash {
             Some(RetireCause::Credentials)
@@ -583,12 +591,13 @@ impl Settings {
     }
 
     /// When an instance created now expires: the per-entry TTL if given
-    /// (zero meaning never), else the pool's.
+    /// (zero meaning never), else the pool's. A TTL too long for the clock
+    /// means never.
     fn expiry(&self, ttl: Option<Duration>, now: Instant) -> Option<Instant> {
         match ttl {
             Some(ttl) => nonzero(ttl),
             None => self.time_to_live,
         }
-        .map(|ttl| now + ttl)
+        .and_then(|ttl| now.checked_add(ttl))
     }
 }

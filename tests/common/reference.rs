@@ -6,9 +6,10 @@
 //! keys, the sweep) one event at a time, with time in milliseconds since the
 //! pool started. It knows nothing about actors or messages, except where the
 //! pool's documented outcome depends on *when* the supervisor learns
-//! something: capacity is enforced when a key's state changes (a build
-//! starts, an instance appears, a key empties), when a new key arrives, and
-//! on sweep ticks, never when a lease is merely dropped.
+//! something: capacity is enforced when a new key arrives and on sweep
+//! ticks, never when a key's state changes or a lease is merely dropped.
+//! Expiry follows the contract's boundary: served at the very deadline,
+//! expired after it.
 //!
 //! A few situations have more than one correct outcome, decided by how the
 //! runtime interleaves key actors (see [`Model::ambiguous`]); the model says
@@ -270,9 +271,9 @@ impl Model {
 
     fn check(&self, cur: &Current, hash: u64) -> Option<RetireCause> {
         let now = self.now;
-        if cur.expires_at.is_some_and(|at| now >= at) {
+        if cur.expires_at.is_some_and(|at| now > at) {
             Some(RetireCause::Ttl)
-        } else if self.cfg.idle_ms > 0 && now >= cur.last_used + self.cfg.idle_ms {
+        } else if self.cfg.idle_ms > 0 && now > cur.last_used + self.cfg.idle_ms {
             Some(RetireCause::Idle)
         } else if cur.hash != hash {
             Some(RetireCause::Credentials)
@@ -462,7 +463,8 @@ impl Model {
                 },
             );
             self.lru.push(key);
-            if self.resident_count() > self.cfg.max_entries && !self.evict_one() {
+            self.enforce();
+            if self.resident_count() > self.cfg.max_entries {
                 self.counts.capacity_overshoot += 1;
             }
             // The victim handles its retire before anything else happens.
@@ -474,7 +476,7 @@ impl Model {
     }
 
     /// A key tells the supervisor about a change of state; an empty key is
-    /// stopped and forgotten. Every report enforces capacity.
+    /// stopped and forgotten. A report does not enforce capacity.
     fn report(&mut self, key: &'static str) {
         let Some(k) = self.keys.get_mut(key) else { return };
         let state = if k.build.is_some() {
@@ -497,7 +499,6 @@ impl Model {
                 self.lru.retain(|k| *k != key);
             }
         }
-        self.enforce();
         self.pump();
     }
 
@@ -533,7 +534,7 @@ impl Model {
         for (name, k) in &self.keys {
             if let (View::Ready(generation), Some(cur)) = (k.view, k.current.as_ref())
                 && cur.serial == generation
-                && cur.expires_at.is_some_and(|at| at <= now)
+                && cur.expires_at.is_some_and(|at| at < now)
             {
                 sends.push((name, RetireCause::Ttl, generation));
             }
@@ -542,7 +543,7 @@ impl Model {
         if self.cfg.idle_ms > 0 {
             for name in &self.lru {
                 let k = &self.keys[name];
-                if k.routed_at + self.cfg.idle_ms > now {
+                if k.routed_at + self.cfg.idle_ms >= now {
                     break;
                 }
                 if let View::Ready(generation) = k.view {

@@ -197,7 +197,8 @@ impl<T: Send + Sync + 'static> SupervisorState<T> {
             },
         );
         self.resident += 1;
-        if self.resident > self.shared.settings.max_entries && !self.evict_one() {
+        self.enforce_capacity();
+        if self.resident > self.shared.settings.max_entries {
             Metrics::bump(&self.metrics().capacity_overshoot);
             tracing::warn!(
                 key = %key,
@@ -217,7 +218,11 @@ impl<T: Send + Sync + 'static> SupervisorState<T> {
         let Err(KeyMsg::Get(request)) = self.send_to_resident(&key, KeyMsg::Get(request)) else {
             return;
         };
-        if let Some(retry_after) = self.dormant.get(&key).and_then(|r| r.cooling(Instant::now())) {
+        if let Some(retry_after) = self
+            .dormant
+            .get(&key)
+            .and_then(|r| r.cooling(Instant::now(), request.hash))
+        {
             request.answer(Err(PoolError::CoolingDown {
                 key: key.to_string(),
                 retry_after,
@@ -363,7 +368,10 @@ impl<T: Send + Sync + 'static> SupervisorState<T> {
                 }
             }
         }
-        self.enforce_capacity();
+        // Capacity is not enforced here, only when a key is admitted and at
+        // a sweep tick: the key that reports is often the one just admitted
+        // over capacity because every other key was leased (an `insert` into
+        // a full pool), and it must be served, not retired at once.
     }
 
     /// A snapshot without its key list, and the resident keys (taken in this
@@ -382,7 +390,7 @@ impl<T: Send + Sync + 'static> SupervisorState<T> {
             .dormant
             .iter()
             .filter_map(|(key, restart)| {
-                restart.cooling(now).map(|retry_after| CoolingKey {
+                restart.cooling_any(now).map(|retry_after| CoolingKey {
                     key: key.to_string(),
                     retry_after,
                 })
@@ -423,6 +431,9 @@ impl<T: Send + Sync + 'static> Actor for SupervisorActor<T> {
             .shared
             .settings
             .sweep_interval
+            // tokio's interval panics (in its own task) once a tick lies past
+            // the end of the clock: a period that long means "no sweep".
+            .filter(|period| Instant::now().checked_add(period.saturating_mul(2)).is_some())
             .map(|period| myself.send_interval(period, || SupervisorInternal::Sweep.into()));
         Ok(SupervisorState {
             shared: args.shared,

@@ -10,6 +10,7 @@ use tokio::time::Instant;
 
 use super::{SupervisorState, View};
 use crate::messages::{KeyMsg, SupervisorInternal, SupervisorMsg};
+use crate::restart::Deadline;
 use crate::stats::RetireCause;
 
 /// Most pending `Retire`s sent at once (see `SupervisorState::paced`).
@@ -101,7 +102,8 @@ impl<T: Send + Sync + 'static> SupervisorState<T> {
     pub(super) fn sweep(&mut self, myself: &ActorRef<SupervisorMsg<T>>) {
         let now = Instant::now();
         while let Some((at, generation, key)) = self.deadlines.first().cloned() {
-            if at > now {
+            // Served at the very deadline, expired after it (as a call sees it).
+            if at >= now {
                 break;
             }
             self.deadlines.pop_first();
@@ -110,7 +112,7 @@ impl<T: Send + Sync + 'static> SupervisorState<T> {
         if let Some(idle) = self.shared.settings.time_to_idle {
             let mut due = Vec::new();
             for (key, entry) in self.entries.iter().rev() {
-                if entry.last_used + idle > now {
+                if !Deadline::after(entry.last_used, idle).has_passed(now) {
                     break;
                 }
                 if let View::Ready { generation, .. } = entry.view {
