@@ -83,10 +83,12 @@ pub struct Lease<T: Send + Sync + 'static> {
 
 impl<T: Send + Sync + 'static> Lease<T> {
     pub(crate) fn new(instance: &Arc<Instance<T>>) -> Self {
-        instance.metrics.live_leases.fetch_add(1, Relaxed);
-        Lease {
-            instance: instance.clone(),
-        }
+        Lease::from_arc(instance.clone())
+    }
+
+    pub(crate) fn from_arc(instance: Arc<Instance<T>>) -> Self {
+        instance.metrics.live_leases.add(1);
+        Lease { instance }
     }
 
     /// The key this instance was built for.
@@ -114,7 +116,7 @@ impl<T: Send + Sync + 'static> Clone for Lease<T> {
 
 impl<T: Send + Sync + 'static> Drop for Lease<T> {
     fn drop(&mut self) {
-        self.instance.metrics.live_leases.fetch_sub(1, Relaxed);
+        self.instance.metrics.live_leases.sub(1);
     }
 }
 

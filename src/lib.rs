@@ -63,6 +63,7 @@ pub mod messages;
 mod pool;
 mod restart;
 mod stats;
+mod view;
 
 pub use actors::SupervisorActor;
 pub use config::{ConfigCaps, ConfigError, DEFAULT_ENV_PREFIX, PoolConfig, RestartPolicy};

@@ -21,20 +21,8 @@ use crate::stats::{RetireCause, ShutdownReport, Stats};
 /// A factory as the pool stores it: callable again for retries.
 pub(crate) type Factory<T> = Arc<dyn Fn() -> BoxFuture<'static, Result<T, BoxError>> + Send + Sync>;
 
-/// What a caller gets back for a [`Request`].
-pub(crate) type LeaseReply<T> = RpcReplyPort<Answer<T>>;
-
-/// The answer to a [`Request`].
-pub(crate) enum Answer<T: Send + Sync + 'static> {
-    /// The lease, or why there is none.
-    Done(Result<Lease<T>, PoolError>),
-    /// No instance may be served and the request carried no factory: send
-    /// it again with one. A hit never needs the factory, so callers first
-    /// ask without one and pay for boxing it only on a miss; nothing is
-    /// remembered between the two asks, so a caller that gives up in between
-    /// leaves nothing behind.
-    NeedFactory,
-}
+/// What a caller gets back for a [`Request`]: the lease, or why there is none.
+pub(crate) type LeaseReply<T> = RpcReplyPort<Result<Lease<T>, PoolError>>;
 
 /// Messages to the pool's supervisor actor.
 ///
@@ -155,9 +143,12 @@ pub(crate) enum SupervisorInternal<T: Send + Sync + 'static> {
 pub(crate) struct Request<T: Send + Sync + 'static> {
     /// The hash of the credentials the caller holds.
     pub(crate) hash: CredentialsHash,
-    /// Builds an instance when none matches; `None` on a caller's first ask
-    /// (see [`Answer::NeedFactory`]).
-    pub(crate) factory: Option<Factory<T>>,
+    /// Builds an instance when none matches. A caller asks the actors only
+    /// when the read view could not serve it, so it always brings one.
+    pub(crate) factory: Factory<T>,
+    /// The read view's fence when the supervisor forwarded the request (set
+    /// there; see `ReadView::fence`).
+    pub(crate) fence: u64,
     /// A TTL for the instance this request builds, instead of the default.
     pub(crate) ttl: Option<Duration>,
     /// Where the lease or error goes.
@@ -169,12 +160,7 @@ impl<T: Send + Sync + 'static> Request<T> {
     pub(crate) fn answer(self, result: Result<Lease<T>, PoolError>) {
         // A caller that stopped waiting dropped its receiver; a lease sent to
         // it is dropped here, which is all its release needs.
-        let _ = self.reply.send(Answer::Done(result));
-    }
-
-    /// Asks the caller to send the request again with its factory.
-    pub(crate) fn need_factory(self) {
-        let _ = self.reply.send(Answer::NeedFactory);
+        let _ = self.reply.send(result);
     }
 }
 
@@ -186,6 +172,8 @@ pub(crate) struct InsertRequest<T: Send + Sync + 'static> {
     pub(crate) value: T,
     /// A TTL instead of the default.
     pub(crate) ttl: Option<Duration>,
+    /// The read view's fence when the supervisor forwarded it.
+    pub(crate) fence: u64,
     /// Answered once the instance is in place.
     pub(crate) reply: Option<RpcReplyPort<Result<(), PoolError>>>,
 }
@@ -204,8 +192,14 @@ pub(crate) enum KeyReport<T: Send + Sync + 'static> {
         /// When its TTL runs out, if it has one.
         expires_at: Option<Instant>,
         /// Lets the supervisor see whether the instance is leased
-        /// (strong count above the key actor's own reference).
+        /// (strong count above the references of the key actor and the
+        /// read view).
         probe: std::sync::Weak<Instance<T>>,
+        /// False when the actor holds the instance back from the read view
+        /// because an invalidation happened since its request passed the
+        /// supervisor: the supervisor sends any retirement still pending for
+        /// the key, then `KeyMsg::Publish`.
+        published: bool,
     },
     /// Nothing resident, nothing in flight. The supervisor may stop the actor
     /// if it has sent it nothing since (`seen` equals what it sent), keeping
@@ -231,6 +225,9 @@ pub(crate) enum KeyMsg<T: Send + Sync + 'static> {
         /// Retire only this instance; `None` retires whatever is resident and
         /// marks a build in flight as stale.
         generation: Option<u64>,
+        /// For a prefix invalidation, its number: the key actor clears the
+        /// read view's fence up to it (see `ReadView::fence_key`).
+        fence: Option<u64>,
         /// Receives whether an instance or a build was retired.
         reply: Option<RpcReplyPort<bool>>,
     },
@@ -251,6 +248,14 @@ pub(crate) enum KeyMsg<T: Send + Sync + 'static> {
         /// The attempt this retry belongs to.
         attempt: u64,
     },
+    /// Every retirement that predates this instance has been sent: publish
+    /// it in the read view if it is still current (from the supervisor).
+    Publish {
+        /// The instance to publish.
+        generation: u64,
+        /// The read view's fence number when the supervisor sent this.
+        fence: u64,
+    },
 }
 
 impl<T: Send + Sync + 'static> KeyMsg<T> {
@@ -258,7 +263,11 @@ impl<T: Send + Sync + 'static> KeyMsg<T> {
     pub(crate) fn is_from_supervisor(&self) -> bool {
         matches!(
             self,
-            KeyMsg::Get(_) | KeyMsg::Insert(_) | KeyMsg::Retire { .. } | KeyMsg::Shutdown { .. }
+            KeyMsg::Get(_)
+                | KeyMsg::Insert(_)
+                | KeyMsg::Retire { .. }
+                | KeyMsg::Shutdown { .. }
+                | KeyMsg::Publish { .. }
         )
     }
 }

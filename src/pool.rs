@@ -17,8 +17,9 @@ use crate::config::{PoolConfig, RestartPolicy};
 use crate::error::{BoxError, PoolError};
 use crate::hash::CredentialsHash;
 use crate::lease::Lease;
-use crate::messages::{Answer, Factory, InsertRequest, Request, SupervisorInternal, SupervisorMsg};
+use crate::messages::{Factory, InsertRequest, Request, SupervisorInternal, SupervisorMsg};
 use crate::stats::{Metrics, ShutdownReport, Stats};
+use crate::view::ReadView;
 
 /// A pool of warm, per-key instances of `T`.
 ///
@@ -106,10 +107,13 @@ impl<T: Send + Sync + 'static> Pool<T> {
     /// under the [`RestartPolicy`], and only one call per key runs at a time
     /// (see the type docs for what concurrent callers see).
     ///
-    /// A hit is one round trip through the pool's actors and does not box
-    /// `factory`; a miss makes a second round trip that carries it. Dropping
-    /// the returned future does not cancel the build: it finishes, serves
-    /// the other callers waiting on it, and its instance is cached.
+    /// A hit reads the pool's published instances directly: no message to
+    /// any actor, no allocation, no lock; it never awaits. Anything else (a
+    /// miss, another credentials hash, an expired instance, a cooling key)
+    /// boxes `factory` and makes one round trip through the supervisor and
+    /// the key's actor. Dropping the returned future does not cancel a
+    /// build: it finishes, serves the other callers waiting on it, and its
+    /// instance is cached.
     ///
     /// # Errors
     ///
@@ -164,16 +168,17 @@ impl<T: Send + Sync + 'static> Pool<T> {
         Fut: Future<Output = Result<T, E>> + Send + 'static,
         E: Into<BoxError>,
     {
-        // First ask without the factory: a hit (the common case) then costs
-        // no allocation for it. Only a build needs it.
-        if let Answer::Done(result) = self.ask(key, hash, ttl, None).await? {
-            return result;
+        let shared = &self.inner.shared;
+        if shared.lifecycle.phase() != Phase::Running {
+            return Err(PoolError::ShutDown);
+        }
+        // The hit path: the read view, no actor involved.
+        if let Some(lease) = shared.view.hit(key, hash, shared.settings.time_to_idle) {
+            shared.metrics.hits.add(1);
+            return Ok(lease);
         }
         let factory: Factory<T> = Arc::new(move || factory().map(|r| r.map_err(Into::into)).boxed());
-        match self.ask(key, hash, ttl, Some(factory)).await? {
-            Answer::Done(result) => result,
-            Answer::NeedFactory => unreachable!("a request with a factory is never asked for one"),
-        }
+        self.ask(key, hash, ttl, factory).await?
     }
 
     /// One round trip for `key` through the supervisor.
@@ -182,8 +187,8 @@ impl<T: Send + Sync + 'static> Pool<T> {
         key: &str,
         hash: CredentialsHash,
         ttl: Option<Duration>,
-        factory: Option<Factory<T>>,
-    ) -> Result<Answer<T>, PoolError> {
+        factory: Factory<T>,
+    ) -> Result<Result<Lease<T>, PoolError>, PoolError> {
         // Moved into the message, not shared with this task: its last owner
         // is the actor that keeps it, so no reference count is touched from
         // two threads.
@@ -195,6 +200,8 @@ impl<T: Send + Sync + 'static> Pool<T> {
                     hash,
                     factory,
                     ttl,
+                    // Set by the supervisor as it forwards the request.
+                    fence: 0,
                     reply,
                 },
             }
@@ -257,6 +264,7 @@ impl<T: Send + Sync + 'static> Pool<T> {
                     hash,
                     value,
                     ttl,
+                    fence: 0,
                     reply: Some(reply),
                 },
             }
@@ -534,6 +542,7 @@ impl<T: Send + Sync + 'static> PoolBuilder<T> {
             metrics,
             disposer: disposer.clone(),
             lifecycle: Lifecycle::default(),
+            view: ReadView::new(),
         });
         let args = SupervisorArgs { shared: shared.clone() };
         let spawned = match parent {

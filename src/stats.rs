@@ -47,11 +47,10 @@ impl RetireCause {
 /// disposer) and read only for snapshots; no pool *state* lives here.
 #[derive(Debug, Default)]
 pub(crate) struct Metrics {
-    /// Bumped by every hit, from the key actors' threads.
-    pub(crate) hits: Padded,
-    /// Changed by every hand-out (a key actor's thread) and every lease drop
-    /// (the caller's thread).
-    pub(crate) live_leases: Padded,
+    /// Bumped by every hit, on the caller's thread.
+    pub(crate) hits: Striped,
+    /// Changed by every hand-out and every lease drop, on whichever thread.
+    pub(crate) live_leases: Striped,
     pub(crate) misses: AtomicU64,
     pub(crate) builds: AtomicU64,
     pub(crate) build_failures: AtomicU64,
@@ -69,18 +68,42 @@ pub(crate) struct Metrics {
     pub(crate) bus: BusMetrics,
 }
 
-/// A counter on a cache line of its own. The two counters that every hit
-/// writes would otherwise share a line with each other and with the rest,
-/// and each write from another core would evict the line from this one.
+/// A counter written from every core (each hit, each lease taken and
+/// dropped), split into cache-line-sized stripes so that cores do not take
+/// the line from one another on every write; a reader sums the stripes.
+/// Each thread writes the stripe it was given on first use. A stripe may
+/// wrap below zero (a lease taken on one thread and dropped on another);
+/// the wrapping sum is still exact.
+#[derive(Debug, Default)]
+pub(crate) struct Striped([Stripe; STRIPES]);
+
+const STRIPES: usize = 16;
+
 #[derive(Debug, Default)]
 #[repr(align(128))]
-pub(crate) struct Padded(pub(crate) AtomicU64);
+struct Stripe(AtomicU64);
 
-impl std::ops::Deref for Padded {
-    type Target = AtomicU64;
+thread_local! {
+    /// This thread's stripe, handed out round-robin.
+    static STRIPE: usize = {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        (NEXT.fetch_add(1, Relaxed) as usize) % STRIPES
+    };
+}
 
-    fn deref(&self) -> &AtomicU64 {
-        &self.0
+impl Striped {
+    pub(crate) fn add(&self, n: u64) {
+        let i = STRIPE.with(|i| *i);
+        self.0[i].0.fetch_add(n, Relaxed);
+    }
+
+    pub(crate) fn sub(&self, n: u64) {
+        let i = STRIPE.with(|i| *i);
+        self.0[i].0.fetch_sub(n, Relaxed);
+    }
+
+    pub(crate) fn sum(&self) -> u64 {
+        self.0.iter().fold(0u64, |sum, s| sum.wrapping_add(s.0.load(Relaxed)))
     }
 }
 
@@ -114,7 +137,7 @@ impl Metrics {
         Stats {
             size: 0,
             keys: Vec::new(),
-            hits: self.hits.load(Relaxed),
+            hits: self.hits.sum(),
             misses: self.misses.load(Relaxed),
             builds: self.builds.load(Relaxed),
             build_failures: self.build_failures.load(Relaxed),
@@ -122,7 +145,7 @@ impl Metrics {
             retirements: self.retirements(),
             disposals: self.disposals.load(Relaxed),
             dispose_failures: self.dispose_failures.load(Relaxed),
-            live_leases: self.live_leases.load(Relaxed),
+            live_leases: self.live_leases.sum(),
             capacity_overshoot: self.capacity_overshoot.load(Relaxed),
             actor_restarts: self.actor_restarts.load(Relaxed),
             cooling_keys: Vec::new(),

@@ -18,8 +18,9 @@ use crate::lease::{Instance, Lease};
 use crate::messages::{
     DisposerMsg, Factory, InsertRequest, KeyMsg, KeyReport, Request, SupervisorInternal, SupervisorMsg,
 };
-use crate::restart::{Deadline, RestartState, Verdict};
+use crate::restart::{RestartState, Verdict};
 use crate::stats::{Metrics, RetireCause};
+use crate::view::Published;
 
 /// One actor per resident key. Its mailbox serialises everything about the
 /// key: hit checks, starting builds, collecting waiters, retiring. The
@@ -42,14 +43,14 @@ pub(crate) struct KeyArgs<T: Send + Sync + 'static> {
     pub(crate) restart: RestartState,
 }
 
-/// The instance being served.
+/// The instance being served: the entry the read view has (or will have,
+/// see `published`), so that hits through the view and through this actor
+/// share one last-use time.
 struct Current<T: Send + Sync + 'static> {
-    instance: Arc<Instance<T>>,
-    hash: CredentialsHash,
-    /// TTL deadline, fixed at creation.
-    expires_at: Option<Instant>,
-    /// Last hand-out, for the idle check.
-    last_used: Instant,
+    entry: Arc<Published<T>>,
+    /// Whether `entry` is in the read view; false while a publish waits for
+    /// the supervisor (see `ReadView::fence`).
+    published: bool,
 }
 
 /// A build in flight (or waiting out a retry backoff).
@@ -57,6 +58,9 @@ struct Build<T: Send + Sync + 'static> {
     hash: CredentialsHash,
     factory: Factory<T>,
     ttl: Option<Duration>,
+    /// The read view's fence when the request that started it passed the
+    /// supervisor (see `ReadView::fence`).
+    fence: u64,
     /// Everyone sharing this build's result; all presented `hash`.
     waiters: Vec<Request<T>>,
     /// Identifies the current attempt; results of older attempts are ignored.
@@ -74,7 +78,8 @@ struct Build<T: Send + Sync + 'static> {
 enum Reported {
     Nothing,
     Building,
-    Ready(u64),
+    /// The instance's id, and whether it is published.
+    Ready(u64, bool),
     Idle(u64),
 }
 
@@ -116,30 +121,24 @@ impl<T: Send + Sync + 'static> KeyState<T> {
             request.answer(Err(self.cooling_error(retry_after)));
             return;
         }
-        if let Some(current) = self.current.as_mut() {
-            match self.shared.settings.check(current, request.hash, now) {
+        if let Some(current) = self.current.as_ref() {
+            let view = &self.shared.view;
+            match current
+                .entry
+                .refusal(request.hash, now, self.shared.settings.time_to_idle, view)
+            {
                 None => {
-                    current.last_used = now;
-                    Metrics::bump(&self.shared.metrics.hits);
-                    request.answer(Ok(Lease::new(&current.instance)));
-                    return;
-                }
-                // A first ask (no factory) leaves the instance for the
-                // second ask to retire: retiring now could leave the actor
-                // idle, and the supervisor would stop it between the asks.
-                Some(_) if request.factory.is_none() => {
-                    request.need_factory();
-                    return;
+                    if let Some(lease) = current.entry.lease() {
+                        current.entry.handed_out(now, view);
+                        self.shared.metrics.hits.add(1);
+                        request.answer(Ok(lease));
+                        return;
+                    }
+                    // Emptied by the supervisor: the actor this key had died.
+                    self.current = None;
                 }
                 Some(cause) => self.retire_current(cause),
             }
-        }
-        if request.factory.is_none() {
-            // Even to join a build in flight: a waiter whose build is
-            // discarded (invalidated in flight) is served again by its own
-            // factory.
-            request.need_factory();
-            return;
         }
         match self.build.as_mut() {
             Some(build) if build.hash == request.hash && build.stale.is_none() => {
@@ -160,14 +159,11 @@ impl<T: Send + Sync + 'static> KeyState<T> {
     fn start_build(&mut self, myself: &ActorRef<KeyMsg<T>>, request: Request<T>) {
         // Cloned, not taken: if this build is discarded, the request is
         // served again and may need its factory for the next build.
-        let factory = request
-            .factory
-            .clone()
-            .expect("a build starts only from a request with a factory");
         let build = Build {
             hash: request.hash,
-            factory,
+            factory: request.factory.clone(),
             ttl: request.ttl,
+            fence: request.fence,
             waiters: vec![request],
             attempt: 0,
             retries_done: 0,
@@ -274,12 +270,8 @@ impl<T: Send + Sync + 'static> KeyState<T> {
                 for waiter in build.waiters {
                     waiter.answer(Ok(Lease::new(&instance)));
                 }
-                self.current = Some(Current {
-                    expires_at: self.shared.settings.expiry(build.ttl, now),
-                    instance,
-                    hash: build.hash,
-                    last_used: now,
-                });
+                let expires_at = self.shared.settings.expiry(build.ttl, now);
+                self.set_current(instance, build.hash, expires_at, build.fence);
                 if self.shutting_down {
                     self.retire_current(RetireCause::Shutdown);
                 }
@@ -366,13 +358,8 @@ impl<T: Send + Sync + 'static> KeyState<T> {
             if let Some(build) = self.build.as_mut() {
                 build.stale.get_or_insert(RetireCause::Replaced);
             }
-            let now = Instant::now();
-            self.current = Some(Current {
-                expires_at: self.shared.settings.expiry(insert.ttl, now),
-                instance,
-                hash: insert.hash,
-                last_used: now,
-            });
+            let expires_at = self.shared.settings.expiry(insert.ttl, Instant::now());
+            self.set_current(instance, insert.hash, expires_at, insert.fence);
         }
         if let Some(reply) = insert.reply {
             let result = if self.shutting_down {
@@ -389,12 +376,16 @@ impl<T: Send + Sync + 'static> KeyState<T> {
         let now = Instant::now();
         let mut retired = false;
         if let Some(current) = self.current.as_ref() {
-            let same = generation.is_none_or(|g| g == current.instance.id);
+            let same = generation.is_none_or(|g| g == current.entry.id);
             // The supervisor judged expiry from a view that may lag; the
             // actor's own clock and data decide.
             let due = match cause {
                 RetireCause::Ttl | RetireCause::Idle => {
-                    self.shared.settings.check(current, current.hash, now).is_some()
+                    let idle = self.shared.settings.time_to_idle;
+                    current
+                        .entry
+                        .refusal(current.entry.hash, now, idle, &self.shared.view)
+                        .is_some()
                 }
                 _ => true,
             };
@@ -414,13 +405,48 @@ impl<T: Send + Sync + 'static> KeyState<T> {
         retired
     }
 
+    /// Makes a new instance current, publishing it in the read view unless
+    /// an invalidation happened since its request passed the supervisor:
+    /// then the supervisor is asked first (`KeyReport::Ready::published`).
+    fn set_current(
+        &mut self,
+        instance: Arc<Instance<T>>,
+        hash: CredentialsHash,
+        expires_at: Option<Instant>,
+        fence: u64,
+    ) {
+        let entry = Published::new(instance, hash, expires_at, Instant::now(), &self.shared.view);
+        let published = !self.shutting_down && self.shared.view.publish(self.key.clone(), &entry, fence);
+        self.current = Some(Current { entry, published });
+    }
+
+    /// The supervisor has sent every retirement that predates it: publish
+    /// the instance if it is still current.
+    fn publish(&mut self, generation: u64, fence: u64) {
+        if let Some(current) = self.current.as_mut()
+            && !current.published
+            && current.entry.id == generation
+            && !self.shutting_down
+        {
+            current.published = self.shared.view.publish(self.key.clone(), &current.entry, fence);
+            if !current.published {
+                // Fenced again since the supervisor sent this: report again,
+                // so that it sends that retirement and another `Publish`.
+                self.reported = Reported::Nothing;
+            }
+        }
+    }
+
     fn retire_current(&mut self, cause: RetireCause) {
         if let Some(current) = self.current.take() {
+            // Out of the read view before anything acknowledges the retirement.
+            self.shared.view.unpublish(&self.key, &current.entry);
+            current.entry.empty();
             self.metrics().retired(cause);
             if cause == RetireCause::Shutdown {
                 self.retired_by_shutdown += 1;
             }
-            tracing::debug!(key = %self.key, instance = current.instance.id, cause = cause.as_str(), "retired");
+            tracing::debug!(key = %self.key, instance = current.entry.id, cause = cause.as_str(), "retired");
         }
     }
 
@@ -468,7 +494,7 @@ impl<T: Send + Sync + 'static> KeyState<T> {
         let now_state = if self.build.is_some() {
             Reported::Building
         } else if let Some(current) = self.current.as_ref() {
-            Reported::Ready(current.instance.id)
+            Reported::Ready(current.entry.id, current.published)
         } else {
             Reported::Idle(self.seen)
         };
@@ -478,12 +504,13 @@ impl<T: Send + Sync + 'static> KeyState<T> {
         self.reported = now_state;
         let report = match now_state {
             Reported::Building => KeyReport::Building,
-            Reported::Ready(generation) => {
+            Reported::Ready(generation, published) => {
                 let current = self.current.as_ref().expect("ready has a current instance");
                 KeyReport::Ready {
                     generation,
-                    expires_at: current.expires_at,
-                    probe: Arc::downgrade(&current.instance),
+                    expires_at: current.entry.expires_at,
+                    probe: current.entry.probe(),
+                    published,
                 }
             }
             Reported::Idle(seen) => {
@@ -545,9 +572,13 @@ impl<T: Send + Sync + 'static> Actor for KeyActor<T> {
             KeyMsg::Retire {
                 cause,
                 generation,
+                fence,
                 reply,
             } => {
                 let retired = state.retire(cause, generation);
+                if let Some(number) = fence {
+                    state.shared.view.clear_fence(&state.key, number);
+                }
                 if let Some(reply) = reply {
                     let _ = reply.send(retired);
                 }
@@ -559,6 +590,7 @@ impl<T: Send + Sync + 'static> Actor for KeyActor<T> {
                 state.drain_queue(&myself);
             }
             KeyMsg::Retry { attempt } => state.retry(&myself, attempt),
+            KeyMsg::Publish { generation, fence } => state.publish(generation, fence),
         }
         state.after_message(&myself);
         Ok(())
@@ -566,30 +598,6 @@ impl<T: Send + Sync + 'static> Actor for KeyActor<T> {
 }
 
 impl Settings {
-    /// Why `current` may not be handed to a caller presenting `hash` now, if
-    /// it may not: TTL (absolute, from creation), idle time (since the last
-    /// hand-out), then the credentials hash.
-    fn check<T: Send + Sync + 'static>(
-        &self,
-        current: &Current<T>,
-        hash: CredentialsHash,
-        now: Instant,
-    ) -> Option<RetireCause> {
-        // Served at the very deadline, expired after it.
-        if current.expires_at.is_some_and(|at| now > at) {
-            Some(RetireCause::Ttl)
-        } else if self
-            .time_to_idle
-            .is_some_and(|idle| Deadline::after(current.last_used, idle).has_passed(now))
-        {
-            Some(RetireCause::Idle)
-        } else if current.hash != hash {
-            Some(RetireCause::Credentials)
-        } else {
-            None
-        }
-    }
-
     /// When an instance created now expires: the per-entry TTL if given
     /// (zero meaning never), else the pool's. A TTL too long for the clock
     /// means never.

@@ -43,6 +43,8 @@ pub(crate) struct Shared<T: Send + Sync + 'static> {
     /// Running, stopping or stopped; advanced by the supervisor, read by
     /// every handle.
     pub(crate) lifecycle: lifecycle::Lifecycle,
+    /// What hits read without asking an actor; written only by actors.
+    pub(crate) view: crate::view::ReadView<T>,
 }
 
 /// Zero means "never" for every duration setting.

@@ -5,7 +5,6 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 
-use lru::LruCache;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -22,6 +21,9 @@ mod retire;
 mod shutdown;
 
 use shutdown::Life;
+
+/// Most keys an admission looks at to find one to evict (see `evict_one`).
+const ADMISSION_SCAN: usize = 64;
 
 /// Up to this many keys, `stats()` copies the key list in the mailbox.
 const STATS_INLINE_KEYS: usize = 1024;
@@ -84,21 +86,33 @@ enum View<T: Send + Sync + 'static> {
     Idle,
 }
 
+/// A recorded use of a key: when (nanoseconds on the read view's clock),
+/// then in which order among uses recorded at the same reading (a paused
+/// clock, or hits within the view's one-millisecond granularity).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Used {
+    at: u64,
+    seq: u64,
+}
+
 /// One resident key.
 struct Entry<T: Send + Sync + 'static> {
     actor: ActorRef<KeyMsg<T>>,
     /// Messages sent to the actor (see `KeyReport::Idle`).
     sent: u64,
-    /// Last call routed here: LRU order is also last-use order, which is what
-    /// makes the idle sweep a walk from the cold end.
-    last_used: Instant,
+    /// The key's last use as this actor last recorded it (nanoseconds on the
+    /// read view's clock), and its place in `recency`. Hits through the read
+    /// view do not come here: they advance the published entry's time, which
+    /// eviction and the idle sweep read lazily. So this is a lower bound of
+    /// the true last use.
+    used: Used,
     view: View<T>,
     /// Chosen for eviction or invalidated; no longer counted as resident.
     retiring: bool,
     /// A `Retire` decided but not sent yet (see `SupervisorState::paced`).
     /// It is sent before anything else reaches the actor, so a caller never
     /// gets past it.
-    pending: Option<(RetireCause, Option<u64>)>,
+    pending: Option<(RetireCause, Option<u64>, Option<u64>)>,
 }
 
 impl<T: Send + Sync + 'static> Entry<T> {
@@ -112,10 +126,11 @@ impl<T: Send + Sync + 'static> Entry<T> {
 
     /// Sends the pending `Retire`, if any, ahead of whatever comes next.
     fn flush_pending(&mut self) {
-        if let Some((cause, generation)) = self.pending.take() {
+        if let Some((cause, generation, fence)) = self.pending.take() {
             let _ = self.send(KeyMsg::Retire {
                 cause,
                 generation,
+                fence,
                 reply: None,
             });
         }
@@ -136,10 +151,12 @@ impl<T: Send + Sync + 'static> Entry<T> {
 /// actor and changed only in its mailbox, so no lock guards it.
 pub struct SupervisorState<T: Send + Sync + 'static> {
     shared: Arc<Shared<T>>,
-    /// Routing table in LRU order (most recently used first). `LruCache` is
-    /// unbounded here; capacity is enforced by hand because leased and
-    /// building keys must be skipped.
-    entries: LruCache<Arc<str>, Entry<T>>,
+    /// Routing table.
+    entries: HashMap<Arc<str>, Entry<T>>,
+    /// The keys by recorded last use, oldest first (see `Entry::used`).
+    recency: BTreeSet<(Used, Arc<str>)>,
+    /// Orders uses recorded within one clock reading (see `Used`).
+    next_use: u64,
     /// The same keys, ordered, for prefix invalidation in O(log N + matches).
     ordered: BTreeSet<Arc<str>>,
     /// Key actors by id, to recognise which one stopped.
@@ -171,6 +188,12 @@ impl<T: Send + Sync + 'static> SupervisorState<T> {
         &self.shared.metrics
     }
 
+    /// A use at `at`, ordered after every use recorded before.
+    fn record_use(&mut self, at: u64) -> Used {
+        self.next_use += 1;
+        Used { at, seq: self.next_use }
+    }
+
     async fn spawn_key(
         &mut self,
         myself: &ActorRef<SupervisorMsg<T>>,
@@ -185,19 +208,21 @@ impl<T: Send + Sync + 'static> SupervisorState<T> {
         let (actor, _) = Actor::spawn_linked(None, KeyActor::new(), args, myself.get_cell()).await?;
         self.by_actor.insert(actor.get_id(), key.clone());
         self.ordered.insert(key.clone());
-        self.entries.put(
+        let used = self.record_use(self.shared.view.now_nanos());
+        self.recency.insert((used, key.clone()));
+        self.entries.insert(
             key.clone(),
             Entry {
                 actor,
                 sent: 0,
-                last_used: Instant::now(),
+                used,
                 view: View::Busy,
                 retiring: false,
                 pending: None,
             },
         );
         self.resident += 1;
-        self.enforce_capacity();
+        self.enforce_capacity(ADMISSION_SCAN);
         if self.resident > self.shared.settings.max_entries {
             Metrics::bump(&self.metrics().capacity_overshoot);
             tracing::warn!(
@@ -210,11 +235,11 @@ impl<T: Send + Sync + 'static> SupervisorState<T> {
         Ok(())
     }
 
-    /// A caller's request: handed to the key's actor, or answered here when
-    /// the key has no actor and is cooling down, or when the request is a
-    /// first ask without a factory that no actor can serve (nothing to build
-    /// with, so no actor is started for it).
-    async fn get(&mut self, myself: &ActorRef<SupervisorMsg<T>>, key: Arc<str>, request: Request<T>) {
+    /// A caller's request (one the read view could not serve): handed to the
+    /// key's actor, or answered here when the key has no actor and is
+    /// cooling down for the credentials the caller presents.
+    async fn get(&mut self, myself: &ActorRef<SupervisorMsg<T>>, key: Arc<str>, mut request: Request<T>) {
+        request.fence = self.shared.view.fence();
         let Err(KeyMsg::Get(request)) = self.send_to_resident(&key, KeyMsg::Get(request)) else {
             return;
         };
@@ -227,11 +252,9 @@ impl<T: Send + Sync + 'static> SupervisorState<T> {
                 key: key.to_string(),
                 retry_after,
             }));
-        } else if request.factory.is_none() {
-            request.need_factory();
         } else {
-            // Boxed so that the hit path's future stays small: spawning an
-            // actor is a big future that a hit never needs.
+            // Boxed so that the routing future stays small: spawning an
+            // actor is a big future that most calls never need.
             Box::pin(self.spawn_and_send(myself, key, KeyMsg::Get(request))).await;
         }
     }
@@ -243,23 +266,21 @@ impl<T: Send + Sync + 'static> SupervisorState<T> {
         }
     }
 
-    /// The hot path: one lookup, which also moves the key to the front of
-    /// the LRU order. A pending `Retire` goes first. Gives `msg` back when the
-    /// key has no live actor, or when it is a first ask (no factory) and the
-    /// actor last reported idle: such an actor has nothing to serve it with,
-    /// and asking it anyway would make it report idle again, so that it
-    /// would be stopped just before the second ask comes to start a build.
+    /// Sends `msg` to the key's resident actor, recording the use. A
+    /// pending `Retire` goes first. Gives `msg` back when the key has no
+    /// live actor.
     fn send_to_resident(&mut self, key: &Arc<str>, msg: KeyMsg<T>) -> Result<(), KeyMsg<T>> {
         let Some(entry) = self.entries.get_mut(key) else {
             return Err(msg);
         };
-        if matches!(entry.view, View::Idle) && matches!(&msg, KeyMsg::Get(request) if request.factory.is_none()) {
-            return Err(msg);
-        }
-        // Only the idle sweep reads `last_used`; without it, skip the clock.
-        if self.shared.settings.time_to_idle.is_some() {
-            entry.last_used = Instant::now();
-        }
+        let used = Used {
+            at: self.shared.view.now_nanos(),
+            seq: self.next_use,
+        };
+        self.next_use += 1;
+        self.recency.remove(&(entry.used, key.clone()));
+        entry.used = used;
+        self.recency.insert((used, key.clone()));
         if entry.retiring {
             // The actor serves this call after retiring: the key stays.
             entry.retiring = false;
@@ -291,8 +312,9 @@ impl<T: Send + Sync + 'static> SupervisorState<T> {
 
     /// Removes a key's entry from every index.
     fn forget(&mut self, key: &Arc<str>) -> Option<Entry<T>> {
-        let entry = self.entries.pop(key)?;
+        let entry = self.entries.remove(key)?;
         self.ordered.remove(key);
+        self.recency.remove(&(entry.used, key.clone()));
         self.by_actor.remove(&entry.actor.get_id());
         if let View::Ready {
             generation,
@@ -309,7 +331,7 @@ impl<T: Send + Sync + 'static> SupervisorState<T> {
     }
 
     fn report(&mut self, key: Arc<str>, actor: ActorId, report: KeyReport<T>) {
-        let Some(entry) = self.entries.peek_mut(&key) else {
+        let Some(entry) = self.entries.get_mut(&key) else {
             return;
         };
         if entry.actor.get_id() != actor {
@@ -340,9 +362,16 @@ impl<T: Send + Sync + 'static> SupervisorState<T> {
                 generation,
                 expires_at,
                 probe,
+                published,
             } => {
                 if let Some(at) = expires_at {
                     self.deadlines.insert((at, generation, key.clone()));
+                }
+                if !published {
+                    // Every retirement that predates the instance went out
+                    // above (`flush_pending`), ahead of this.
+                    let fence = self.shared.view.fence();
+                    let _ = entry.send(KeyMsg::Publish { generation, fence });
                 }
                 entry.view = View::Ready {
                     generation,
@@ -356,7 +385,11 @@ impl<T: Send + Sync + 'static> SupervisorState<T> {
                     // An invalidation still waiting in the pacing queue never
                     // reached the actor; it still ends the cool-down the
                     // report carries, as it would have there.
-                    let invalidated = matches!(entry.pending, Some((_, None)));
+                    let invalidated = matches!(entry.pending, Some((_, None, _)));
+                    // A fence whose retirement never went out: nobody else clears it.
+                    if let Some((_, _, Some(number))) = entry.pending {
+                        self.shared.view.clear_fence(&key, number);
+                    }
                     // Nothing we sent is still in its mailbox, and we will
                     // send it nothing more: stopping it loses no request.
                     if let Some(entry) = self.forget(&key) {
@@ -383,7 +416,7 @@ impl<T: Send + Sync + 'static> SupervisorState<T> {
         let keys = self
             .ordered
             .iter()
-            .filter(|k| self.entries.peek(*k).is_some_and(|e| !e.retiring))
+            .filter(|k| self.entries.get(*k).is_some_and(|e| !e.retiring))
             .cloned()
             .collect();
         stats.cooling_keys = self
@@ -408,6 +441,9 @@ impl<T: Send + Sync + 'static> Drop for SupervisorState<T> {
     fn drop(&mut self) {
         // Wakes every call still waiting on this actor: none can be answered now.
         self.shared.lifecycle.advance(Phase::Stopped);
+        // Key actors killed with us could not unpublish; the view must not
+        // keep their instances from the disposer for as long as a handle lives.
+        self.shared.view.clear();
         if let Some(sweep) = self.sweep.take() {
             sweep.abort();
         }
@@ -437,7 +473,9 @@ impl<T: Send + Sync + 'static> Actor for SupervisorActor<T> {
             .map(|period| myself.send_interval(period, || SupervisorInternal::Sweep.into()));
         Ok(SupervisorState {
             shared: args.shared,
-            entries: LruCache::unbounded(),
+            entries: HashMap::new(),
+            recency: BTreeSet::new(),
+            next_use: 0,
             ordered: BTreeSet::new(),
             by_actor: HashMap::new(),
             deadlines: BTreeSet::new(),
@@ -531,6 +569,8 @@ impl<T: Send + Sync + 'static> Actor for SupervisorActor<T> {
             return Ok(()); // an actor we stopped ourselves
         };
         state.forget(&key);
+        // A dead actor cannot unpublish: its instance must not be served on.
+        state.shared.view.remove_orphan(&key);
         if !state.life.refuses_work() {
             Metrics::bump(&state.metrics().actor_restarts);
             match &event {

@@ -2,15 +2,15 @@
 //! eviction over capacity. Mass retirements go through a pacing queue so
 //! that they do not stall every other caller (see `SupervisorState::paced`).
 
+use std::ops::Bound::{Excluded, Unbounded};
 use std::sync::Arc;
 use std::time::Duration;
 
 use ractor::{ActorRef, RpcReplyPort};
 use tokio::time::Instant;
 
-use super::{SupervisorState, View};
+use super::{SupervisorState, Used, View};
 use crate::messages::{KeyMsg, SupervisorInternal, SupervisorMsg};
-use crate::restart::Deadline;
 use crate::stats::RetireCause;
 
 /// Most pending `Retire`s sent at once (see `SupervisorState::paced`).
@@ -22,15 +22,22 @@ impl<T: Send + Sync + 'static> SupervisorState<T> {
     /// Retires the key's instance through the pacing queue (see `paced`).
     /// `generation: None` is an invalidation: it also discards a build in
     /// flight, so it is sent at once to a key that is building.
-    pub(super) fn retire_paced(&mut self, key: &Arc<str>, cause: RetireCause, generation: Option<u64>) {
-        let Some(entry) = self.entries.peek_mut(key) else {
+    pub(super) fn retire_paced(
+        &mut self,
+        key: &Arc<str>,
+        cause: RetireCause,
+        generation: Option<u64>,
+        fence: Option<u64>,
+    ) {
+        let Some(entry) = self.entries.get_mut(key) else {
             return;
         };
         if generation.is_none() && matches!(entry.view, View::Busy) {
-            entry.pending = None;
+            let earlier = entry.pending.take().and_then(|(_, _, fence)| fence);
             let _ = entry.send(KeyMsg::Retire {
                 cause,
                 generation,
+                fence: fence.max(earlier),
                 reply: None,
             });
             return;
@@ -40,7 +47,8 @@ impl<T: Send + Sync + 'static> SupervisorState<T> {
         // as a call does), except that an invalidation overrides an expiry:
         // it also discards a build.
         if newly || generation.is_none() {
-            entry.pending = Some((cause, generation));
+            let earlier = entry.pending.and_then(|(_, _, fence)| fence);
+            entry.pending = Some((cause, generation, fence.max(earlier)));
         }
         if generation.is_none() && !entry.retiring {
             entry.retiring = true;
@@ -57,7 +65,7 @@ impl<T: Send + Sync + 'static> SupervisorState<T> {
         while budget > 0
             && let Some(key) = self.paced.pop_front()
         {
-            if let Some(entry) = self.entries.peek_mut(&key)
+            if let Some(entry) = self.entries.get_mut(&key)
                 && entry.pending.is_some()
             {
                 entry.flush_pending();
@@ -70,17 +78,61 @@ impl<T: Send + Sync + 'static> SupervisorState<T> {
         }
     }
 
+    /// The key after `after` in recorded-use order (the first if `None`),
+    /// with its recorded use brought up to date from the read view: a key
+    /// hit through the view since it was recorded moves to its real place
+    /// (later in the order) and the walk goes on past its old one. Returns
+    /// the keys that did not move, so a walk meets keys in order of their
+    /// true last use; the second element says whether the key moved.
+    fn next_by_use(&mut self, after: Option<&(Used, Arc<str>)>) -> Option<((Used, Arc<str>), bool)> {
+        let next = match after {
+            None => self.recency.first().cloned(),
+            Some(after) => self.recency.range((Excluded(after.clone()), Unbounded)).next().cloned(),
+        }?;
+        let (used, key) = &next;
+        let Some((last_used, touched)) = self.shared.view.take_use(key) else {
+            return Some((next, false));
+        };
+        // Only a hand-out since the last look moves a key: building an
+        // instance (which sets its last use) is not a use of the key.
+        if !touched {
+            return Some((next, false));
+        }
+        let fresh = self.record_use(last_used.max(used.at));
+        let entry = self.entries.get_mut(key).expect("every key in recency has an entry");
+        self.recency.remove(&next);
+        entry.used = fresh;
+        self.recency.insert((fresh, key.clone()));
+        Some((next, true))
+    }
+
     /// Retires the least recently used key that has no lease and no build
-    /// in flight. Returns false when there is none.
-    pub(super) fn evict_one(&mut self) -> bool {
-        let victim = self
-            .entries
-            .iter()
-            .rev()
-            .find(|(_, entry)| entry.evictable())
-            .map(|(key, _)| key.clone());
-        let Some(key) = victim else { return false };
-        let entry = self.entries.peek_mut(&key).expect("just found");
+    /// in flight, looking at no more than `scan` keys (so that admitting a
+    /// key stays cheap even when thousands are leased). Returns false when
+    /// it found none.
+    ///
+    /// Least recently used means by last hand-out, hits through the read view
+    /// included. A hit that races the choice can still take a lease on the
+    /// chosen instance: the skip of leased keys is best effort, and safe,
+    /// because an instance is disposed only once its last lease is gone.
+    pub(super) fn evict_one(&mut self, scan: usize) -> bool {
+        let mut cursor: Option<(Used, Arc<str>)> = None;
+        let mut looked = 0;
+        let victim = loop {
+            if looked == scan {
+                return false;
+            }
+            looked += 1;
+            let Some((position, moved)) = self.next_by_use(cursor.as_ref()) else {
+                return false;
+            };
+            let key = position.1.clone();
+            cursor = Some(position);
+            if !moved && self.entries.get(&key).is_some_and(|e| e.evictable()) {
+                break key;
+            }
+        };
+        let entry = self.entries.get_mut(&victim).expect("just found");
         entry.retiring = true;
         let generation = match entry.view {
             View::Ready { generation, .. } => Some(generation),
@@ -89,14 +141,17 @@ impl<T: Send + Sync + 'static> SupervisorState<T> {
         let _ = entry.send(KeyMsg::Retire {
             cause: RetireCause::Capacity,
             generation,
+            fence: None,
             reply: None,
         });
         self.resident -= 1;
         true
     }
 
-    pub(super) fn enforce_capacity(&mut self) {
-        while self.resident > self.shared.settings.max_entries && self.evict_one() {}
+    /// Retires least recently used keys until the pool is back at its cap,
+    /// looking at no more than `scan` keys for each.
+    pub(super) fn enforce_capacity(&mut self, scan: usize) {
+        while self.resident > self.shared.settings.max_entries && self.evict_one(scan) {}
     }
 
     pub(super) fn sweep(&mut self, myself: &ActorRef<SupervisorMsg<T>>) {
@@ -107,39 +162,47 @@ impl<T: Send + Sync + 'static> SupervisorState<T> {
                 break;
             }
             self.deadlines.pop_first();
-            self.retire_paced(&key, RetireCause::Ttl, Some(generation));
+            self.retire_paced(&key, RetireCause::Ttl, Some(generation), None);
         }
         if let Some(idle) = self.shared.settings.time_to_idle {
+            let idle = u64::try_from(idle.as_nanos()).unwrap_or(u64::MAX);
+            let now = self.shared.view.now_nanos();
             let mut due = Vec::new();
-            for (key, entry) in self.entries.iter().rev() {
-                if !Deadline::after(entry.last_used, idle).has_passed(now) {
+            let mut cursor = None;
+            // Recorded uses are lower bounds of the true ones: once a recorded
+            // use is within the idle time, so is every later one.
+            while let Some(((used, key), moved)) = self.next_by_use(cursor.as_ref()) {
+                if used.at.saturating_add(idle) >= now {
                     break;
                 }
-                if let View::Ready { generation, .. } = entry.view {
-                    due.push((key.clone(), generation));
+                if !moved && let Some(View::Ready { generation, .. }) = self.entries.get(&key).map(|e| &e.view) {
+                    due.push((key.clone(), *generation));
                 }
+                cursor = Some((used, key));
             }
             for (key, generation) in due {
-                self.retire_paced(&key, RetireCause::Idle, Some(generation));
+                self.retire_paced(&key, RetireCause::Idle, Some(generation), None);
             }
         }
         let policy = &self.shared.settings.restart_policy;
         self.dormant.retain(|_, restart| !restart.is_clear(now, policy));
         self.send_paced(myself);
-        self.enforce_capacity();
+        // A tick may look at every key: it runs once a period, not per call.
+        self.enforce_capacity(usize::MAX);
     }
 
     pub(super) fn invalidate(&mut self, key: &str, reply: RpcReplyPort<bool>) {
         self.dormant.remove(key);
-        match self.entries.peek_mut(key) {
+        match self.entries.get_mut(key) {
             // The key actor answers, after it has retired: once the caller
             // has the answer, no one can get the old instance.
             Some(entry) => {
-                // This retire supersedes a pending one.
-                entry.pending = None;
+                // This retire supersedes a pending one (and carries its fence).
+                let fence = entry.pending.take().and_then(|(_, _, fence)| fence);
                 let msg = KeyMsg::Retire {
                     cause: RetireCause::Invalidated,
                     generation: None,
+                    fence,
                     reply: Some(reply),
                 };
                 if let Err(KeyMsg::Retire { reply: Some(reply), .. }) = entry.send(msg) {
@@ -173,13 +236,19 @@ impl<T: Send + Sync + 'static> SupervisorState<T> {
         for key in dormant {
             self.dormant.remove(&key);
         }
+        // Out of the read view before the answer, and fenced: nothing built
+        // for an earlier request can be published until the retirement has
+        // reached the key actor (see `ReadView::fence_key`).
+        let fence = self.shared.view.next_fence();
         for key in &keys {
-            self.retire_paced(key, RetireCause::Invalidated, None);
+            self.shared.view.fence_key(key.clone(), fence);
+            self.retire_paced(key, RetireCause::Invalidated, None, Some(fence));
         }
         self.send_paced(myself);
-        // The answer need not wait for the key actors: every later message
-        // to these keys passes through this mailbox, which sends each pending
-        // `Retire` before anything else reaches its actor.
+        // The answer need not wait for the key actors: the old instances are
+        // out of the read view, and every later message to these keys passes
+        // through this mailbox, which sends each pending `Retire` before
+        // anything else reaches its actor.
         let _ = reply.send(keys.len());
     }
 }

@@ -1,0 +1,311 @@
+//! The read view: the instances callers may be served without asking any
+//! actor.
+//!
+//! A lock-free map (papaya) from key to an immutable [`Published`] entry.
+//! Only actors write it, each in its own mailbox: a key actor publishes its
+//! instance once built (or inserted) and unpublishes it before it
+//! acknowledges any retirement; the supervisor unpublishes the entries a
+//! prefix invalidation names before it answers. Callers only read: a hit is
+//! a map lookup, the hit rule, an `Arc` clone into a [`Lease`] and a coarse
+//! timestamp write, with no message, no allocation and no lock.
+//!
+//! Unpublishing is "flag, then remove": a reader that found the entry just
+//! before it was removed sees the flag after taking its lease, drops the
+//! lease and asks the key actor instead. So once an unpublish is done, no
+//! call that starts afterwards is served the old instance.
+//!
+//! A prefix invalidation answers before the key actors have retired
+//! anything (their retirements are paced), so the supervisor replaces each
+//! named key's entry with a *fence* carrying the invalidation's number. A
+//! key actor publishes with one atomic step that refuses to replace a fence
+//! newer than the request its instance was built for: a build that was in
+//! flight when the invalidation answered can never become visible, however
+//! the two actors interleave. The key actor clears the fence when the
+//! retirement reaches it.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use tokio::time::Instant;
+
+use crate::hash::CredentialsHash;
+use crate::lease::{Instance, Lease};
+use crate::restart::Deadline;
+use crate::stats::RetireCause;
+
+/// A key's instance as the read view holds it.
+pub(crate) struct Published<T: Send + Sync + 'static> {
+    /// The instance, until its key actor retires it. The map frees a removed
+    /// entry only once no reader can hold it (papaya's epoch-based
+    /// reclamation, which may wait for more removals to batch them): the
+    /// instance must not wait for that, so the key actor empties this slot
+    /// as it retires the instance, and disposal follows at once (or at the
+    /// last lease).
+    slot: ArcSwapOption<Instance<T>>,
+    /// The instance's id (readable after the slot is emptied).
+    pub(crate) id: u64,
+    /// The credentials hash it was built for.
+    pub(crate) hash: CredentialsHash,
+    /// Its TTL deadline; `None` never expires by age.
+    pub(crate) expires_at: Option<Instant>,
+    /// Last hand-out, in nanoseconds since the view's origin. Written at most
+    /// once per millisecond per entry, so that hits on one hot key from many
+    /// cores do not fight over its cache line.
+    last_used: AtomicU64,
+    /// Set by a hand-out, cleared by the supervisor when it reads the
+    /// entry's last use (`ReadView::take_use`): within one millisecond (or
+    /// one instant of a paused clock) it tells a key touched since the
+    /// supervisor last looked from one that was not.
+    touched: AtomicBool,
+    /// Set before the entry leaves the map (see the module docs).
+    retired: AtomicBool,
+}
+
+/// Hand-outs within this long of the recorded last use do not write it.
+const TOUCH_GRANULARITY_NS: u64 = 1_000_000;
+
+impl<T: Send + Sync + 'static> Published<T> {
+    pub(crate) fn new(
+        instance: Arc<Instance<T>>,
+        hash: CredentialsHash,
+        expires_at: Option<Instant>,
+        now: Instant,
+        view: &ReadView<T>,
+    ) -> Arc<Self> {
+        Arc::new(Published {
+            id: instance.id,
+            slot: ArcSwapOption::new(Some(instance)),
+            hash,
+            expires_at,
+            last_used: AtomicU64::new(view.nanos(now)),
+            touched: AtomicBool::new(false),
+            retired: AtomicBool::new(false),
+        })
+    }
+
+    /// The hit rule: why this instance may not be handed to a caller
+    /// presenting `hash` at `now`, if it may not. TTL (absolute, from
+    /// creation), then idle time (since the last hand-out), then the
+    /// credentials hash. At the very deadline it is still served.
+    pub(crate) fn refusal(
+        &self,
+        hash: CredentialsHash,
+        now: Instant,
+        idle: Option<Duration>,
+        view: &ReadView<T>,
+    ) -> Option<RetireCause> {
+        if self.expires_at.is_some_and(|at| now > at) {
+            Some(RetireCause::Ttl)
+        } else if idle.is_some_and(|idle| Deadline::after(self.last_used_at(view), idle).has_passed(now)) {
+            Some(RetireCause::Idle)
+        } else if self.hash != hash {
+            Some(RetireCause::Credentials)
+        } else {
+            None
+        }
+    }
+
+    /// A lease on the instance, unless it has been retired.
+    pub(crate) fn lease(&self) -> Option<Lease<T>> {
+        self.slot.load_full().map(Lease::from_arc)
+    }
+
+    /// A weak reference to the instance, for the supervisor to see whether it
+    /// is leased (strong count above the slot's own).
+    pub(crate) fn probe(&self) -> std::sync::Weak<Instance<T>> {
+        self.slot.load_full().map(|i| Arc::downgrade(&i)).unwrap_or_default()
+    }
+
+    /// Drops the pool's reference to the instance (only its key actor, as it
+    /// retires it, or the supervisor for a key actor that is gone).
+    pub(crate) fn empty(&self) {
+        self.retired.store(true, Ordering::SeqCst);
+        self.slot.store(None);
+    }
+
+    /// Records a hit through the read view at `now` (coarsely: see
+    /// `last_used`): a use of the key the supervisor has not seen.
+    pub(crate) fn touch(&self, now: Instant, view: &ReadView<T>) {
+        self.handed_out(now, view);
+        // Read before written: a hot key's line is written once per
+        // supervisor look, not once per hit.
+        if !self.touched.load(Ordering::Relaxed) {
+            self.touched.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Records a hand-out by the key actor at `now`, for the idle time. Not
+    /// a use for LRU order: the supervisor recorded the call as it routed it
+    /// (a waiter served when a build ends called earlier).
+    pub(crate) fn handed_out(&self, now: Instant, view: &ReadView<T>) {
+        let now = view.nanos(now);
+        let last = self.last_used.load(Ordering::Relaxed);
+        if now >= last.saturating_add(TOUCH_GRANULARITY_NS) {
+            self.last_used.fetch_max(now, Ordering::Relaxed);
+        }
+    }
+
+    /// The last hand-out, in nanoseconds since the view's origin.
+    pub(crate) fn last_used_nanos(&self) -> u64 {
+        self.last_used.load(Ordering::Relaxed)
+    }
+
+    fn last_used_at(&self, view: &ReadView<T>) -> Instant {
+        view.origin + Duration::from_nanos(self.last_used_nanos())
+    }
+}
+
+/// What the map holds for a key.
+enum Slot<T: Send + Sync + 'static> {
+    /// An instance that may be served.
+    Live(Arc<Published<T>>),
+    /// Invalidated by prefix invalidation number `.0`, whose retirement has
+    /// not reached the key actor yet: nothing may be served, and nothing
+    /// built for an earlier request may be published.
+    Fenced(u64),
+}
+
+impl<T: Send + Sync + 'static> Slot<T> {
+    fn live(&self) -> Option<&Arc<Published<T>>> {
+        match self {
+            Slot::Live(entry) => Some(entry),
+            Slot::Fenced(_) => None,
+        }
+    }
+}
+
+/// The map every hit reads (see the module docs).
+pub(crate) struct ReadView<T: Send + Sync + 'static> {
+    map: papaya::HashMap<Arc<str>, Slot<T>>,
+    /// Origin of the entries' last-use times.
+    origin: Instant,
+    /// The number of the last prefix invalidation (see `Slot::Fenced`). The
+    /// supervisor stamps each request it forwards with it.
+    fence: AtomicU64,
+}
+
+impl<T: Send + Sync + 'static> ReadView<T> {
+    pub(crate) fn new() -> Self {
+        ReadView {
+            map: papaya::HashMap::new(),
+            origin: Instant::now(),
+            fence: AtomicU64::new(0),
+        }
+    }
+
+    fn nanos(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.origin).as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// A lease on `key`'s published instance, if it may be served to a
+    /// caller presenting `hash` now; `None` sends the caller to the actors.
+    pub(crate) fn hit(&self, key: &str, hash: CredentialsHash, idle: Option<Duration>) -> Option<Lease<T>> {
+        let map = self.map.pin();
+        let entry = map.get(key)?.live()?;
+        if entry.hash != hash {
+            return None;
+        }
+        let now = Instant::now();
+        if entry.refusal(hash, now, idle, self).is_some() {
+            return None;
+        }
+        let lease = entry.lease()?;
+        // Re-checked after taking the lease: a retirement that flagged the
+        // entry before this point is seen here (see the module docs).
+        if entry.retired.load(Ordering::SeqCst) {
+            return None;
+        }
+        entry.touch(now, self);
+        Some(lease)
+    }
+
+    /// Makes `entry` the key's published instance, unless a prefix
+    /// invalidation newer than `fence` (the number the supervisor stamped on
+    /// the request it was built for) fenced the key. Returns whether it did.
+    pub(crate) fn publish(&self, key: Arc<str>, entry: &Arc<Published<T>>, fence: u64) -> bool {
+        let map = self.map.pin();
+        let outcome = map.compute(key, |existing| match existing {
+            Some((_, Slot::Fenced(number))) if *number > fence => papaya::Operation::Abort(()),
+            _ => papaya::Operation::Insert(Slot::Live(entry.clone())),
+        });
+        !matches!(outcome, papaya::Compute::Aborted(()))
+    }
+
+    /// Flags `entry` retired and removes it, unless another entry has taken
+    /// its place meanwhile.
+    pub(crate) fn unpublish(&self, key: &str, entry: &Arc<Published<T>>) {
+        entry.retired.store(true, Ordering::SeqCst);
+        let _ = self
+            .map
+            .pin()
+            .remove_if(key, |_, v| v.live().is_some_and(|v| Arc::ptr_eq(v, entry)));
+    }
+
+    /// Fences `key` for prefix invalidation number `number` (the
+    /// supervisor, before it answers): whatever is published is flagged and
+    /// replaced. The instance stays with its key actor until the
+    /// retirement reaches it.
+    pub(crate) fn fence_key(&self, key: Arc<str>, number: u64) {
+        if let Some(Slot::Live(entry)) = self.map.pin().insert(key, Slot::Fenced(number)) {
+            entry.retired.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// Clears a fence of `key` up to number `number` (its key actor, as the
+    /// retirement of that invalidation reaches it).
+    pub(crate) fn clear_fence(&self, key: &str, number: u64) {
+        let _ = self
+            .map
+            .pin()
+            .remove_if(key, |_, v| matches!(v, Slot::Fenced(n) if *n <= number));
+    }
+
+    /// Unpublishes and empties `key`'s entry: its key actor is gone and
+    /// cannot do it (the supervisor, when a key actor died).
+    pub(crate) fn remove_orphan(&self, key: &str) {
+        let map = self.map.pin();
+        if let Some(Slot::Live(entry)) = map.remove(key) {
+            entry.empty();
+        }
+    }
+
+    /// Unpublishes and empties everything (the supervisor, as the pool ends:
+    /// key actors killed with it could not).
+    pub(crate) fn clear(&self) {
+        let map = self.map.pin();
+        for (_, slot) in map.iter() {
+            if let Slot::Live(entry) = slot {
+                entry.empty();
+            }
+        }
+        map.clear();
+    }
+
+    /// The last hand-out of `key`'s published instance, if it has one, and
+    /// whether it was handed out since the last time this was asked (which
+    /// clears that mark). Only the supervisor asks.
+    pub(crate) fn take_use(&self, key: &str) -> Option<(u64, bool)> {
+        self.map
+            .pin()
+            .get(key)
+            .and_then(Slot::live)
+            .map(|e| (e.last_used_nanos(), e.touched.swap(false, Ordering::Relaxed)))
+    }
+
+    /// Now, in the units of `last_used`.
+    pub(crate) fn now_nanos(&self) -> u64 {
+        self.nanos(Instant::now())
+    }
+
+    pub(crate) fn fence(&self) -> u64 {
+        self.fence.load(Ordering::SeqCst)
+    }
+
+    /// A new prefix invalidation number (the supervisor, before it fences
+    /// the keys the invalidation names).
+    pub(crate) fn next_fence(&self) -> u64 {
+        self.fence.fetch_add(1, Ordering::SeqCst) + 1
+    }
+}
