@@ -313,17 +313,19 @@ enum Sys {
     Pool,
     Floor,
     Moka,
+    Quick,
     Lru,
 }
 
 impl Sys {
-    const ALL: [Sys; 4] = [Sys::Pool, Sys::Floor, Sys::Moka, Sys::Lru];
+    const ALL: [Sys; 5] = [Sys::Pool, Sys::Floor, Sys::Moka, Sys::Quick, Sys::Lru];
 
     fn name(self) -> &'static str {
         match self {
             Sys::Pool => "warmpool `get_or_create`",
             Sys::Floor => "floor: ractor two-hop round trip",
             Sys::Moka => "moka `get_with`",
+            Sys::Quick => "quick_cache sync `get`",
             Sys::Lru => "`Mutex<LruCache>` get",
         }
     }
@@ -333,6 +335,7 @@ impl Sys {
             Sys::Pool => "warmpool",
             Sys::Floor => "floor (ractor 2-hop)",
             Sys::Moka => "moka get_with",
+            Sys::Quick => "quick_cache get",
             Sys::Lru => "Mutex<LruCache>",
         }
     }
@@ -346,6 +349,7 @@ struct Targets {
     pool: Pool<Inst>,
     router: ActorRef<RouterMsg>,
     moka: moka::future::Cache<Arc<str>, Arc<Inst>>,
+    quick: Arc<quick_cache::sync::Cache<Arc<str>, Arc<Inst>>>,
     lru: Arc<Mutex<lru::LruCache<Arc<str>, Arc<Inst>>>>,
 }
 
@@ -369,6 +373,10 @@ impl Targets {
                     .get_with(self.arc_keys[i].clone(), async { unreachable!("warm") })
                     .await;
                 std::hint::black_box(&v);
+            }
+            Sys::Quick => {
+                let v = self.quick.get(&self.arc_keys[i]);
+                std::hint::black_box(&v.expect("warm"));
             }
             Sys::Lru => {
                 let v = self.lru.lock().unwrap().get(&*self.arc_keys[i]).cloned();
@@ -434,6 +442,7 @@ async fn section_hits(plan: &Plan) -> HashMap<(usize, Sys), HitFigures> {
     let (router, _holders) = spawn_floor(KEYS).await;
     let moka = moka::future::Cache::new(10_000);
     let lru = Arc::new(Mutex::new(lru::LruCache::new(NonZeroUsize::new(10_000).unwrap())));
+    let quick = Arc::new(quick_cache::sync::Cache::new(10_000));
     for k in &arc_keys {
         let inst = Arc::new(Inst {
             key: 0,
@@ -441,6 +450,7 @@ async fn section_hits(plan: &Plan) -> HashMap<(usize, Sys), HitFigures> {
             serial: 0,
         });
         moka.insert(k.clone(), inst.clone()).await;
+        quick.insert(k.clone(), inst.clone());
         lru.lock().unwrap().put(k.clone(), inst);
     }
     let t = Targets {
@@ -450,6 +460,7 @@ async fn section_hits(plan: &Plan) -> HashMap<(usize, Sys), HitFigures> {
         pool: pool.clone(),
         router,
         moka,
+        quick,
         lru,
     };
 
@@ -460,11 +471,11 @@ async fn section_hits(plan: &Plan) -> HashMap<(usize, Sys), HitFigures> {
     }
 
     let mut figures: HashMap<(usize, Sys), HitFigures> = HashMap::new();
-    for callers in [1usize, 64] {
+    for callers in [1usize, 2, 8, 64] {
         let per_caller = if callers == 1 {
             plan.hit_ops_one
         } else {
-            plan.hit_ops_per_caller_64
+            plan.hit_ops_per_caller_64 * 64 / callers
         };
         for round in 0..plan.hit_rounds {
             // Interleave the systems, rotating who goes first, so drifting
@@ -506,7 +517,7 @@ async fn section_hits(plan: &Plan) -> HashMap<(usize, Sys), HitFigures> {
          of throughput); p50/p99/p99.9 = per-call latency.\n",
         plan.hit_rounds
     );
-    for callers in [1usize, 64] {
+    for callers in [1usize, 2, 8, 64] {
         let per = if callers == 1 {
             plan.hit_ops_one
         } else {
@@ -534,7 +545,7 @@ async fn section_hits(plan: &Plan) -> HashMap<(usize, Sys), HitFigures> {
         println!();
         println!("| ratio (per run, same round) | ns/op | p50 | p99 |");
         println!("|---|---|---|---|");
-        for other in [Sys::Floor, Sys::Moka] {
+        for other in [Sys::Floor, Sys::Moka, Sys::Quick] {
             let p = &figures[&(callers, Sys::Pool)].runs;
             let o = &figures[&(callers, other)].runs;
             let r = |i: usize| p.iter().zip(o).map(|(a, b)| a[i] / b[i]).collect::<Vec<_>>();

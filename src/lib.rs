@@ -45,6 +45,8 @@
 //!   transport shares (echoes, replays, sequence gaps, recovery), the
 //!   embedded [`bus::LocalBus`], and Redis and NATS adapters behind the
 //!   `redis` and `nats` features.
+//! - `view.rs`: the read view every hit reads without asking an actor (a
+//!   lock-free map of published instances; only actors write it).
 //! - [`Lease`] (`lease.rs`): shared ownership whose last drop disposes.
 //! - [`hash_credentials`] (`hash.rs`), [`PoolConfig`] and
 //!   [`RestartPolicy`] (`config.rs`), [`Stats`] (`stats.rs`), [`PoolError`]

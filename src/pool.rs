@@ -29,8 +29,10 @@ use crate::view::ReadView;
 ///
 /// # Concurrent calls on the same key
 ///
-/// All calls for one key are handled in order by that key's actor, and at
-/// most one factory call per key is in flight:
+/// A hit is served from the pool's read view without involving any actor
+/// (see [`get_or_create`](Pool::get_or_create)). All other calls for one key
+/// are handled in order by that key's actor, and at most one factory call
+/// per key is in flight:
 ///
 /// - Callers that arrive with the same credentials hash while an instance is
 ///   being built wait for that one build and all receive the same instance
@@ -286,13 +288,16 @@ impl<T: Send + Sync + 'static> Pool<T> {
     /// Retires every key that starts with `prefix` (a plain string prefix:
     /// `"acme:"` matches `"acme:openai"` but not `"acmex:openai"`), in
     /// O(log N + matches). Returns how many resident keys matched. Once this
-    /// returns, no caller gets any of their old instances.
+    /// returns, no call that starts gets any of their old instances, nor one
+    /// from a build that was in flight: the supervisor removes them from the
+    /// read view (and fences the keys against late publishes) before it
+    /// answers.
     ///
     /// It returns without waiting for the key actors: their retirements are
     /// sent 16 per millisecond so that invalidating a large tenant does not
-    /// stall every other caller, and a key called in the meantime has its
-    /// retirement applied before the call. The old instances are disposed
-    /// as their retirements go out (about 60-150 ms for 1,000 keys).
+    /// stall the pool, and a key called in the meantime has its retirement
+    /// applied before the call. The old instances are disposed as their
+    /// retirements go out (about 60-150 ms for 1,000 keys).
     pub async fn invalidate_by_prefix(&self, prefix: &str) -> Result<usize, PoolError> {
         let prefix = prefix.to_string();
         self.call(None, |reply| SupervisorMsg::InvalidateByPrefix { prefix, reply })
