@@ -54,14 +54,11 @@ enum Publisher {
 impl Publisher {
     async fn publish(&self, scope: Scope) {
         match self {
-            Publisher::Local(p) => {
-                p.publish(scope);
-            }
-            Publisher::Redis(p) => {
-                p.publish(scope).await.expect("publish on Redis");
-            }
-            Publisher::Nats(p) => p.publish(scope).await.expect("publish on NATS"),
+            Publisher::Local(p) => p.publish(scope).await,
+            Publisher::Redis(p) => p.publish(scope).await,
+            Publisher::Nats(p) => p.publish(scope).await,
         }
+        .expect("publish")
     }
 }
 

@@ -66,9 +66,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let bus = warmpool::bus::LocalBus::new(1024);
         bus.attach(&pool_a, listen(&origin_a));
         bus.attach(&pool_b, listen(&origin_b));
-        let publisher = bus.publisher(&origin_a, None);
+        let publisher = std::sync::Arc::new(bus.publisher(&origin_a, None));
         move |scope| {
-            publisher.publish(scope);
+            let publisher = publisher.clone();
+            tokio::spawn(async move { publisher.publish(scope).await });
         }
     };
     #[cfg(feature = "redis")]
