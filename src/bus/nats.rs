@@ -328,20 +328,50 @@ impl NatsBus {
 
 async fn pump(mut subscriber: async_nats::Subscriber, mut events: broadcast::Receiver<ConnEvent>, sink: EventSink) {
     let mut lost = false;
+    // An event read while coalescing slow-consumer reports, handled next.
+    let mut pending = None;
     loop {
         let event = tokio::select! {
+            biased;
+            event = async { pending.take() }, if pending.is_some() => event,
             message = subscriber.next() => match message {
-                Some(message) => BusEvent::Message { payload: message.payload.to_vec(), stored_at_us: None },
+                Some(message) => {
+                    let event = BusEvent::Message { payload: message.payload.to_vec(), stored_at_us: None };
+                    if !sink.send(event).await {
+                        return;
+                    }
+                    continue;
+                }
                 None => return, // the client was closed
             },
-            event = events.recv() => match conn_event(event, &mut lost, BusEvent::Reconnected) {
-                Some(Some(event)) => event,
-                Some(None) => continue,
-                None => return,
-            },
+            event = events.recv() => Some(event),
         };
-        if !sink.send(event).await {
-            return;
+        let Some(event) = event else { continue };
+        if event == Ok(ConnEvent::SlowConsumer) {
+            // Drops already reported are all covered by one recovery applied
+            // after them: coalesce them (a flood reports thousands).
+            pending = loop {
+                match events.try_recv() {
+                    Ok(ConnEvent::SlowConsumer) => {}
+                    Err(broadcast::error::TryRecvError::Empty) => break None,
+                    Ok(other) => break Some(Ok(other)),
+                    Err(broadcast::error::TryRecvError::Lagged(n)) => {
+                        break Some(Err(broadcast::error::RecvError::Lagged(n)));
+                    }
+                    Err(broadcast::error::TryRecvError::Closed) => {
+                        break Some(Err(broadcast::error::RecvError::Closed));
+                    }
+                }
+            };
+        }
+        match conn_event(event, &mut lost, BusEvent::Reconnected) {
+            Some(Some(event)) => {
+                if !sink.send(event).await {
+                    return;
+                }
+            }
+            Some(None) => {}
+            None => return,
         }
     }
 }
