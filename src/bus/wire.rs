@@ -411,6 +411,18 @@ mod tests {
         assert_ne!(a.mac_input_v2(), b.mac_input_v2());
         assert_ne!(a.mac_input_v2(), c.mac_input_v2());
         assert!(a.mac_input_v2().starts_with(b"21:warmpool-invalidation,1:2,1:a,"));
+        // The README's worked example, byte for byte.
+        let readme = Invalidation {
+            origin: "b".into(),
+            epoch: 5,
+            seq: 7,
+            ts_us: 9,
+            scope: Scope::Key("k".into()),
+        };
+        assert_eq!(
+            readme.mac_input_v2(),
+            b"21:warmpool-invalidation,1:2,1:b,1:5,1:7,1:9,3:key,1:k,".to_vec()
+        );
     }
 
     /// Keys shorter than 32 bytes are refused, and the error says so.
