@@ -529,8 +529,9 @@ pub mod scenarios {
             }
             assert_eq!(c.builds() - before, SENT, "only the invalidated keys were rebuilt");
             println!(
-                "replay after a 2 s cut: {SENT} of {SENT} applied, 0 lost, 0 flushes, {SENT} of {KEYS} keys rebuilt; \
-                 caught up {caught_up:?} after the proxy was restored (reconnect backoff included)"
+                "{}: replay after a 2 s cut: {SENT} of {SENT} applied, 0 lost, 0 flushes, {SENT} of {KEYS} keys rebuilt; \
+                 caught up {caught_up:?} after the proxy was restored (reconnect backoff included)",
+                std::any::type_name::<F>().rsplit("::").next().unwrap_or("?")
             );
         } else {
             let stats = wait_stats(&pool, "reconnected and flushed", Duration::from_secs(30), |s| {
