@@ -39,7 +39,7 @@ use tokio::task::JoinHandle;
 
 use crate::bus::listener::{self, BusEvent, EventSink};
 use crate::bus::nats::{ConnEvent, NatsOptions, conn_event, connect_client};
-use crate::bus::{BusError, ListenOptions, Outbox, Publisher, SigningKey, Stamper, reconnect_delay};
+use crate::bus::{BusError, ListenOptions, Outbox, Publisher, SigningKey, Stamper};
 use crate::pool::Pool;
 
 /// What the stream keeps: a listener away for longer than this holds
@@ -257,19 +257,6 @@ impl JetStreamBus {
     /// A new consumer from `last + 1`, retried with backoff; `None` once the
     /// listener has ended.
     async fn recreate(&self, last: u64, sink: &EventSink) -> Option<consumer::pull::Ordered> {
-        let mut attempt = 0;
-        loop {
-            tokio::time::sleep(reconnect_delay(attempt)).await;
-            if sink.is_closed() {
-                return None;
-            }
-            match self.messages(last + 1).await {
-                Ok(messages) => return Some(messages),
-                Err(error) => {
-                    tracing::warn!(error = %error, attempt, stream = %self.stream, "jetstream consumer recreate failed");
-                    attempt += 1;
-                }
-            }
-        }
+        sink.reconnect(&self.stream, || self.messages(last + 1)).await
     }
 }

@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::bus::wire::now_us;
-use crate::bus::{BusError, Invalidation, ListenOptions, Recovery, Scope};
+use crate::bus::{BusError, Invalidation, ListenOptions, Recovery, Scope, reconnect_delay};
 use crate::bus_stats::{BusCount, BusMetrics};
 use crate::error::PoolError;
 use crate::pool::{Pool, WeakPool};
@@ -30,6 +30,7 @@ use crate::stats::Metrics;
 const CLOSED_CHECK: Duration = Duration::from_secs(1);
 
 /// Events between a transport's pump and the listener loop.
+#[cfg_attr(not(any(feature = "redis", feature = "nats")), allow(dead_code))]
 const EVENT_BUFFER: usize = 256;
 
 /// What a transport saw, for the listener loop. Build a stream of these to
@@ -227,6 +228,7 @@ impl<T: Send + Sync + 'static> Listener<T> {
 
 /// The sending end of a listener's event channel, given to a transport's pump.
 #[derive(Debug)]
+#[cfg_attr(not(any(feature = "redis", feature = "nats")), allow(dead_code))]
 pub(crate) struct EventSink(mpsc::Sender<BusEvent>);
 
 #[cfg_attr(not(any(feature = "redis", feature = "nats")), allow(dead_code))]
@@ -241,12 +243,37 @@ impl EventSink {
     pub(crate) fn is_closed(&self) -> bool {
         self.0.is_closed()
     }
+
+    /// Calls `connect` until it succeeds, waiting before each try with
+    /// exponential backoff and jitter (100 ms to 10 s); `None` once the
+    /// listener loop has ended. `what` names the channel in the warn logs.
+    pub(crate) async fn reconnect<C, F, Fut>(&self, what: &str, mut connect: F) -> Option<C>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<C, BusError>>,
+    {
+        let mut attempt = 0;
+        loop {
+            tokio::time::sleep(reconnect_delay(attempt)).await;
+            if self.is_closed() {
+                return None;
+            }
+            match connect().await {
+                Ok(connected) => return Some(connected),
+                Err(error) => {
+                    tracing::warn!(error = %error, attempt, what, "event bus reconnect failed");
+                    attempt += 1;
+                }
+            }
+        }
+    }
 }
 
 /// Spawns a listener task for `pool`: `pump` (the transport's client side)
 /// and the listener loop, side by side in one task. The task ends when the
 /// pool shuts down or is dropped, or after the pump ends and its events
 /// are handled.
+#[cfg_attr(not(any(feature = "redis", feature = "nats")), allow(dead_code))]
 pub(crate) fn spawn<T, P, F>(pool: &Pool<T>, options: ListenOptions, durable: bool, pump: P) -> JoinHandle<()>
 where
     T: Send + Sync + 'static,

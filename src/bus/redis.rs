@@ -18,7 +18,7 @@ use futures::StreamExt;
 use tokio::task::JoinHandle;
 
 use crate::bus::listener::{self, BusEvent, EventSink};
-use crate::bus::{BusError, ListenOptions, Outbox, Publisher, SigningKey, Stamper, reconnect_delay};
+use crate::bus::{BusError, ListenOptions, Outbox, Publisher, SigningKey, Stamper};
 use crate::pool::Pool;
 
 /// A Redis server and the channel invalidations travel on.
@@ -148,20 +148,10 @@ impl RedisBus {
             if !sink.send(BusEvent::Disconnected).await {
                 return;
             }
-            let mut attempt = 0;
-            pubsub = loop {
-                tokio::time::sleep(reconnect_delay(attempt)).await;
-                match self.subscribe().await {
-                    Ok(pubsub) => break pubsub,
-                    Err(error) => {
-                        tracing::warn!(error = %error, attempt, channel = %self.channel, "redis reconnect failed");
-                        attempt += 1;
-                    }
-                }
-                if sink.is_closed() {
-                    return;
-                }
+            let Some(renewed) = sink.reconnect(&self.channel, || self.subscribe()).await else {
+                return;
             };
+            pubsub = renewed;
             if !sink.send(BusEvent::Reconnected).await {
                 return;
             }

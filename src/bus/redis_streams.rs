@@ -29,7 +29,7 @@ use tokio::task::JoinHandle;
 
 use crate::bus::listener::{self, BusEvent, EventSink};
 use crate::bus::redis::{manager, open};
-use crate::bus::{BusError, ListenOptions, Outbox, Publisher, SigningKey, Stamper, reconnect_delay};
+use crate::bus::{BusError, ListenOptions, Outbox, Publisher, SigningKey, Stamper};
 use crate::pool::Pool;
 
 /// How long one blocking `XREAD` waits for new entries before the listener
@@ -274,20 +274,10 @@ impl RedisStreamBus {
             if !sink.send(BusEvent::Disconnected).await {
                 return;
             }
-            let mut attempt = 0;
-            connection = loop {
-                tokio::time::sleep(reconnect_delay(attempt)).await;
-                if sink.is_closed() {
-                    return;
-                }
-                match self.connect().await {
-                    Ok(connection) => break connection,
-                    Err(error) => {
-                        tracing::warn!(error = %error, attempt, stream = %self.stream, "redis reconnect failed");
-                        attempt += 1;
-                    }
-                }
+            let Some(renewed) = sink.reconnect(&self.stream, || self.connect()).await else {
+                return;
             };
+            connection = renewed;
             if !sink.send(BusEvent::Resumed).await {
                 return;
             }
