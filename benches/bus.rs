@@ -1,10 +1,12 @@
 //! Invalidations across service instances: how many messages per second a
 //! listening pool applies, and the publish-to-apply lag, over the embedded
-//! bus (the in-process baseline), Redis pub/sub and NATS on loopback, in one
-//! run. Prints Markdown tables.
+//! bus (the in-process baseline), Redis pub/sub, Redis Streams, NATS and NATS
+//! JetStream on loopback, in one run. Prints Markdown tables and the load
+//! average.
 //!
 //! Run: `cargo bench --bench bus --features redis,nats` (needs Redis on
-//! 127.0.0.1:6379 and NATS on 127.0.0.1:4222, and fails loudly without them).
+//! 127.0.0.1:6379 and NATS with JetStream on 127.0.0.1:4222, and fails
+//! loudly without them).
 //! `WARMPOOL_BENCH_QUICK=1` runs fewer messages.
 //!
 //! Each round: a fresh pool with 1,000 resident keys and a listener attached,
@@ -18,8 +20,10 @@
 use std::time::{Duration, Instant};
 
 use tokio::runtime::Runtime;
-use warmpool::bus::nats::{NatsBus, NatsPublisher};
+use warmpool::bus::jetstream::{JetStreamBus, JetStreamPublisher, Retention};
+use warmpool::bus::nats::{NatsBus, NatsOptions, NatsPublisher};
 use warmpool::bus::redis::{RedisBus, RedisPublisher};
+use warmpool::bus::redis_streams::{RedisStreamBus, RedisStreamPublisher};
 use warmpool::bus::{ListenOptions, LocalBus, LocalPublisher, Scope, new_origin};
 use warmpool::{CredentialsHash, Pool};
 
@@ -32,7 +36,9 @@ const ROUNDS: usize = 3;
 enum Kind {
     Local,
     Redis,
+    RedisStreams,
     Nats,
+    JetStream,
 }
 
 impl Kind {
@@ -40,7 +46,9 @@ impl Kind {
         match self {
             Kind::Local => "embedded (tokio broadcast)",
             Kind::Redis => "Redis pub/sub",
+            Kind::RedisStreams => "Redis Streams (durable)",
             Kind::Nats => "NATS",
+            Kind::JetStream => "NATS JetStream (durable)",
         }
     }
 }
@@ -48,20 +56,21 @@ impl Kind {
 enum Publisher {
     Local(LocalPublisher),
     Redis(RedisPublisher),
+    RedisStreams(RedisStreamPublisher),
     Nats(NatsPublisher),
+    JetStream(JetStreamPublisher),
 }
 
 impl Publisher {
     async fn publish(&self, scope: Scope) {
         match self {
-            Publisher::Local(p) => {
-                p.publish(scope);
-            }
-            Publisher::Redis(p) => {
-                p.publish(scope).await.expect("publish on Redis");
-            }
-            Publisher::Nats(p) => p.publish(scope).await.expect("publish on NATS"),
+            Publisher::Local(p) => p.publish(scope).await,
+            Publisher::Redis(p) => p.publish(scope).await,
+            Publisher::RedisStreams(p) => p.publish(scope).await,
+            Publisher::Nats(p) => p.publish(scope).await,
+            Publisher::JetStream(p) => p.publish(scope).await,
         }
+        .expect("publish")
     }
 }
 
@@ -94,12 +103,32 @@ async fn setup(kind: Kind) -> (Pool<u64>, Publisher) {
                 .unwrap_or_else(|e| panic!("Redis at {REDIS_URL} is needed for this bench: {e}"));
             Publisher::Redis(bus.publisher(origin, None).await.unwrap())
         }
+        Kind::RedisStreams => {
+            // Left on the server with a small cap: benches do not clean up.
+            let bus = RedisStreamBus::new(REDIS_URL, channel, 100_000).unwrap();
+            bus.attach(&pool, options)
+                .await
+                .unwrap_or_else(|e| panic!("Redis at {REDIS_URL} is needed for this bench: {e}"));
+            Publisher::RedisStreams(bus.publisher(origin, None).await.unwrap())
+        }
         Kind::Nats => {
             let bus = NatsBus::connect(NATS_URL, channel)
                 .await
                 .unwrap_or_else(|e| panic!("NATS at {NATS_URL} is needed for this bench: {e}"));
             bus.attach(&pool, options).await.unwrap();
             Publisher::Nats(bus.publisher(origin, None))
+        }
+        Kind::JetStream => {
+            let stream = channel.replace('-', "_").to_uppercase();
+            let retention = Retention {
+                max_messages: 100_000,
+                max_age: Duration::from_secs(600),
+            };
+            let bus = JetStreamBus::connect(NATS_URL, stream, channel, retention, NatsOptions::new())
+                .await
+                .unwrap_or_else(|e| panic!("NATS with JetStream at {NATS_URL} is needed for this bench: {e}"));
+            bus.attach(&pool, options).await.unwrap();
+            Publisher::JetStream(bus.publisher(origin, None))
         }
     };
     (pool, publisher)
@@ -156,6 +185,31 @@ async fn round(kind: Kind, burst: usize, steady: usize) -> Round {
     }
 }
 
+/// Deletes the streams this run left on the servers (pub/sub leaves nothing).
+async fn clean_up() {
+    let redis = redis::Client::open(REDIS_URL).unwrap();
+    let mut redis = redis.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("warmpool-bench-*")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    for key in keys {
+        let _: i64 = redis::cmd("DEL").arg(key).query_async(&mut redis).await.unwrap();
+    }
+    let jetstream = async_nats::jetstream::new(async_nats::connect(NATS_URL).await.unwrap());
+    let mut names = jetstream.stream_names();
+    let mut ours = Vec::new();
+    while let Some(Ok(name)) = futures::StreamExt::next(&mut names).await {
+        if name.starts_with("WARMPOOL_BENCH_") {
+            ours.push(name);
+        }
+    }
+    for name in ours {
+        let _ = jetstream.delete_stream(&name).await;
+    }
+}
+
 fn median(mut v: Vec<f64>) -> (f64, f64, f64) {
     v.sort_by(|a, b| a.total_cmp(b));
     (v[v.len() / 2], v[0], v[v.len() - 1])
@@ -169,7 +223,11 @@ fn fmt_us(us: f64) -> String {
     }
 }
 
+/// The load average when the run started.
+static LOAD_BEFORE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
 fn main() {
+    LOAD_BEFORE.get_or_init(|| std::fs::read_to_string("/proc/loadavg").unwrap_or_default());
     let quick = std::env::var("WARMPOOL_BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0");
     let (burst, steady) = if quick { (2_000, 500) } else { (10_000, 2_000) };
     let rt: Runtime = tokio::runtime::Builder::new_multi_thread()
@@ -177,7 +235,13 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let kinds = [Kind::Local, Kind::Redis, Kind::Nats];
+    let kinds = [
+        Kind::Local,
+        Kind::Redis,
+        Kind::RedisStreams,
+        Kind::Nats,
+        Kind::JetStream,
+    ];
     let mut results: Vec<Vec<Round>> = kinds.iter().map(|_| Vec::new()).collect();
     rt.block_on(async {
         for r in 0..ROUNDS {
@@ -187,13 +251,20 @@ fn main() {
                 results[k].push(round(kinds[k], burst, steady).await);
             }
         }
+        clean_up().await;
     });
 
     println!("# warmpool event-bus benchmark\n");
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!(
+        "Load average before/after the run: {} / {}\n",
+        LOAD_BEFORE.get().map_or("?", |s| s.trim()),
+        load.trim()
+    );
     println!(
         "{ROUNDS} rounds, transports interleaved; a fresh pool of {KEYS} keys per phase. Burst: {burst} key \
-         invalidations published back to back by one publisher (each publish awaited: a Redis `PUBLISH` round \
-         trip, a NATS publish + flush), timed until the pool applied the last. Lag: {steady} messages at 2,000/s; \
+         invalidations published back to back by one publisher (each publish awaited: a Redis `PUBLISH` or `XADD` \
+         round trip, a NATS publish + flush, a JetStream publish + ack), timed until the pool applied the last. Lag: {steady} messages at 2,000/s; \
          p50/p99 from the pool's lag histogram (bucket upper bounds, within 25%). Median [min-max] over rounds.\n"
     );
     println!("| transport | burst: applied/s | lag p50 | lag p99 | burst rate / embedded | lag p50 / embedded |");

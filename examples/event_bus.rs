@@ -8,11 +8,15 @@
 //! cargo run --example event_bus
 //! ```
 //!
-//! or over a Redis on 127.0.0.1:6379:
+//! or over a durable Redis Stream on a Redis 7 at 127.0.0.1:6379:
 //!
 //! ```text
 //! cargo run --example event_bus --features redis
 //! ```
+//!
+//! Instance A rotates a key with one call, `Publisher::invalidate`: it
+//! retires A's own copy at once and publishes to every other instance. Every
+//! transport's publisher has that same shape.
 
 use std::time::Duration;
 
@@ -56,36 +60,35 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
 
     println!(
+        "instance A warms its client: {}",
+        client_for(&pool_a, "sk-old-1111").await?
+    );
+    println!(
         "instance B warms its client: {}",
         client_for(&pool_b, "sk-old-1111").await?
     );
 
     #[cfg(not(feature = "redis"))]
-    let publish = {
+    let publisher = {
         println!("transport: embedded bus (in process)");
         let bus = warmpool::bus::LocalBus::new(1024);
         bus.attach(&pool_a, listen(&origin_a));
         bus.attach(&pool_b, listen(&origin_b));
-        let publisher = bus.publisher(&origin_a, None);
-        move |scope| {
-            publisher.publish(scope);
-        }
+        bus.publisher(&origin_a, None)
     };
     #[cfg(feature = "redis")]
-    let publish = {
-        println!("transport: Redis pub/sub on 127.0.0.1:6379");
-        let bus = warmpool::bus::redis::RedisBus::new("redis://127.0.0.1:6379", "warmpool:example")?;
+    let publisher = {
+        println!("transport: Redis Stream on 127.0.0.1:6379 (durable: a listener that reconnects replays)");
+        let bus =
+            warmpool::bus::redis_streams::RedisStreamBus::new("redis://127.0.0.1:6379", "warmpool:example", 10_000)?;
         bus.attach(&pool_a, listen(&origin_a)).await?;
         bus.attach(&pool_b, listen(&origin_b)).await?;
-        let publisher = std::sync::Arc::new(bus.publisher(&origin_a, None).await?);
-        move |scope| {
-            let publisher = publisher.clone();
-            tokio::spawn(async move { publisher.publish(scope).await });
-        }
+        bus.publisher(&origin_a, None).await?
     };
 
-    println!("instance A rotates acme's key and publishes an invalidation");
-    publish(Scope::Prefix("acme:".into()));
+    println!("instance A rotates acme's key: retires its own copy and publishes an invalidation");
+    let retired_here = publisher.invalidate(&pool_a, Scope::Prefix("acme:".into())).await?;
+    println!("instance A retired {retired_here} key(s) itself");
 
     for _ in 0..100 {
         if pool_b.stats().await?.bus.applied == 1 {

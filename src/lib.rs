@@ -40,11 +40,15 @@
 //!   disposer (runs dispose hooks).
 //! - [`messages`]: every message the actors exchange; [`SupervisorMsg`] is
 //!   public so other actors can invalidate, read stats or shut down.
-//! - [`bus`]: invalidation across service instances: the versioned JSON
-//!   wire message with optional HMAC signing, the [`bus::Listener`] every
-//!   transport shares (echoes, replays, sequence gaps, recovery), the
-//!   embedded [`bus::LocalBus`], and Redis and NATS adapters behind the
-//!   `redis` and `nats` features.
+//! - [`bus`]: invalidation across service instances: the version-2 wire
+//!   message with HMAC signing ([`bus::wire`]), one listener loop every
+//!   transport feeds with [`bus::BusEvent`]s (echoes, replays, the
+//!   timestamp window, sequence gaps, restarted publishers, recovery), one
+//!   [`bus::Publisher`] shape, and one file per transport: the embedded
+//!   [`bus::LocalBus`], and behind the `redis` and `nats` features Redis
+//!   pub/sub, Redis Streams, core NATS and NATS JetStream.
+//! - [`bus::BusStats`] (`bus_stats.rs`): the bus counters, imported by both
+//!   `stats.rs` and `bus/`.
 //! - `view.rs`: the read view every hit reads without asking an actor (a
 //!   lock-free map of published instances; only actors write it).
 //! - [`Lease`] (`lease.rs`): shared ownership whose last drop disposes.
@@ -57,6 +61,7 @@
 
 mod actors;
 pub mod bus;
+mod bus_stats;
 mod config;
 mod error;
 mod hash;

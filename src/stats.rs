@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::bus::{BusMetrics, BusStats};
+use crate::bus_stats::{BusMetrics, BusStats};
 
 /// Why an instance stopped being served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]

@@ -1,11 +1,14 @@
 //! The embedded event bus and the listener logic every transport shares:
-//! two pools in one process, echoes, malformed, forged and replayed
-//! messages, gaps and lag recovery.
+//! two pools in one process, echoes, malformed, forged, stale and replayed
+//! messages, gaps, restarted publishers, lag recovery, and listeners that
+//! end with their pool. Paused clock: no real waiting.
 
 mod common;
 use common::*;
-use std::time::Duration;
-use warmpool::bus::{Invalidation, ListenOptions, LocalBus, Recovery, Scope, SigningKey, Stamper, new_origin};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use warmpool::bus::{
+    BusError, BusEvent, Invalidation, ListenOptions, LocalBus, Recovery, Scope, SigningKey, Stamper, new_origin,
+};
 
 async fn warm(pool: &warmpool::Pool<Client>, c: &std::sync::Arc<Counters>, key: &str) {
     let lease = pool
@@ -16,10 +19,23 @@ async fn warm(pool: &warmpool::Pool<Client>, c: &std::sync::Arc<Counters>, key: 
 }
 
 fn options(origin: &str) -> ListenOptions {
+    ListenOptions::new(origin)
+}
+
+/// A 32-byte key made of one repeated byte.
+fn key(byte: u8) -> SigningKey {
+    SigningKey::new(vec![byte; 32]).unwrap()
+}
+
+fn signed(origin: &str, key: &SigningKey) -> ListenOptions {
     ListenOptions {
-        origin: origin.to_string(),
-        ..Default::default()
+        signing_key: Some(key.clone()),
+        ..ListenOptions::new(origin)
     }
+}
+
+fn now_us() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_micros() as u64
 }
 
 /// A rotation published by one instance invalidates the key in the other.
@@ -35,7 +51,7 @@ async fn publish_invalidates_other_instance() {
     warm(&b, &cb, "acme:openai").await;
     warm(&b, &cb, "globex:openai").await;
     let publisher = bus.publisher(&oa, None);
-    assert_eq!(publisher.publish(Scope::Key("acme:openai".into())), 2);
+    publisher.publish(Scope::Key("acme:openai".into())).await.unwrap();
     eventually("b applied the invalidation", async || {
         b.stats().await.unwrap().bus.applied == 1
     })
@@ -53,6 +69,33 @@ async fn publish_invalidates_other_instance() {
     assert_eq!(cb.builds(), 3, "the invalidated key was built again");
 }
 
+/// `Publisher::invalidate` retires the key in the publisher's own pool (whose
+/// listener ignores the echo) and in the other instance, in one call.
+#[tokio::test(start_paused = true)]
+async fn invalidate_retires_here_and_everywhere() {
+    let bus = LocalBus::new(64);
+    let (ca, cb) = (Counters::new(), Counters::new());
+    let a = builder(&ca).spawn().await.unwrap();
+    let b = builder(&cb).spawn().await.unwrap();
+    let (oa, ob) = (new_origin("a"), new_origin("b"));
+    bus.attach(&a, options(&oa));
+    bus.attach(&b, options(&ob));
+    warm(&a, &ca, "acme:openai").await;
+    warm(&b, &cb, "acme:openai").await;
+    let retired = bus
+        .publisher(&oa, None)
+        .invalidate(&a, Scope::Key("acme:openai".into()))
+        .await
+        .unwrap();
+    assert_eq!(retired, 1, "retired in A by the call itself");
+    assert!(a.stats().await.unwrap().keys.is_empty());
+    eventually("b applied it", async || b.stats().await.unwrap().keys.is_empty()).await;
+    eventually("a ignored its echo", async || {
+        a.stats().await.unwrap().bus.echoes_ignored == 1
+    })
+    .await;
+}
+
 /// Malformed, unsigned and badly signed messages are counted, never applied,
 /// and the listener keeps applying good ones.
 #[tokio::test(start_paused = true)]
@@ -60,30 +103,232 @@ async fn bad_messages_are_counted_not_applied() {
     let bus = LocalBus::new(64);
     let c = Counters::new();
     let pool = builder(&c).spawn().await.unwrap();
-    let key = SigningKey::new(b"shared secret".to_vec());
-    let opts = ListenOptions {
-        origin: "me".into(),
-        signing_key: Some(key.clone()),
-        ..Default::default()
-    };
-    bus.attach(&pool, opts);
+    bus.attach(&pool, signed("me", &key(1)));
     warm(&pool, &c, "k").await;
     bus.publish_raw(b"not json".to_vec());
-    bus.publish_raw(br#"{"v":1,"origin":"x","seq":1,"ts_us":0,"scope":"shard","target":"k"}"#.to_vec());
+    bus.publish_raw(br#"{"v":2,"origin":"x","epoch":1,"seq":1,"ts_us":0,"scope":"shard","target":"k"}"#.to_vec());
+    bus.publish_raw(br#"{"v":3,"origin":"x","epoch":1,"seq":1,"ts_us":0,"scope":"all"}"#.to_vec());
     bus.publish_raw(br#"{"v":2,"origin":"x","seq":1,"ts_us":0,"scope":"all"}"#.to_vec());
-    bus.publisher("unsigned", None).publish(Scope::Key("k".into()));
-    bus.publisher("forger", Some(SigningKey::new(b"guess".to_vec())))
-        .publish(Scope::All);
-    bus.publisher("friend", Some(key)).publish(Scope::Key("other".into()));
+    bus.publisher("unsigned", None)
+        .publish(Scope::Key("k".into()))
+        .await
+        .unwrap();
+    bus.publisher("forger", Some(key(2))).publish(Scope::All).await.unwrap();
+    bus.publisher("friend", Some(key(1)))
+        .publish(Scope::Key("other".into()))
+        .await
+        .unwrap();
     eventually("good message applied", async || {
         pool.stats().await.unwrap().bus.applied == 1
     })
     .await;
     let stats = pool.stats().await.unwrap();
-    assert_eq!(stats.bus.malformed, 3);
+    assert_eq!(stats.bus.malformed, 4);
     assert_eq!(stats.bus.rejected, 2);
     assert_eq!(stats.keys, vec!["k".to_string()], "no bad message retired anything");
     assert_eq!(stats.retirements.invalidated, 0);
+}
+
+/// Issue 13, 1a: a legitimately signed key invalidation whose key holds
+/// newlines, re-cut along the version-1 separators into a flush-all from a
+/// made-up origin, is not applied (version 1 is refused with a key set), and
+/// the same trick on a version-2 message breaks its signature.
+#[tokio::test(start_paused = true)]
+async fn forged_flush_all_from_a_recut_signature_is_rejected() {
+    let bus = LocalBus::new(64);
+    let c = Counters::new();
+    let pool = builder(&c).spawn().await.unwrap();
+    let k = key(1);
+    bus.attach(&pool, signed("me", &k));
+    warm(&pool, &c, "tenant:a").await;
+    let ts = now_us();
+    let legit = Invalidation {
+        origin: "billing-1".into(),
+        epoch: 1,
+        seq: 1,
+        ts_us: ts,
+        scope: Scope::Key("x\n1\n2\nall\n".into()),
+    };
+    // Version 1: "v1\nbilling-1\n1\n{ts}\nkey\nx\n1\n2\nall\n" reads back as
+    // origin "billing-1\n1\n{ts}\nkey\nx", seq 1, ts 2, scope all, no target.
+    let v1: serde_json::Value = serde_json::from_slice(&legit.encode_v1(Some(&k))).unwrap();
+    let forged_v1 = serde_json::json!({
+        "v": 1, "origin": format!("billing-1\n1\n{ts}\nkey\nx"), "seq": 1, "ts_us": 2,
+        "scope": "all", "sig": v1["sig"],
+    });
+    let v2: serde_json::Value = serde_json::from_slice(&legit.encode(Some(&k))).unwrap();
+    let forged_v2 = serde_json::json!({
+        "v": 2, "origin": format!("billing-1\n1\n1\n{ts}\nkey\nx"), "epoch": 1, "seq": 1, "ts_us": ts,
+        "scope": "all", "sig": v2["sig"],
+    });
+    // What a version-1 listener did (no window then): it verifies and applies
+    // the forgery as a flush-all. This is the hole the test guards.
+    let old_style = builder(&c).spawn().await.unwrap();
+    let old_options = ListenOptions {
+        accept_signed_v1: true,
+        max_age: Duration::ZERO,
+        ..signed("old", &k)
+    };
+    old_style
+        .listen(
+            futures::stream::iter(vec![BusEvent::Message {
+                payload: forged_v1.to_string().into_bytes(),
+                stored_at_us: None,
+            }]),
+            old_options,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        old_style.stats().await.unwrap().bus.applied,
+        1,
+        "v1 signatures are forgeable"
+    );
+    for forged in [&forged_v1, &forged_v2] {
+        assert!(Invalidation::decode(forged.to_string().as_bytes(), Some(&k)).is_err());
+        bus.publish_raw(forged.to_string().into_bytes());
+    }
+    eventually("both forgeries rejected", async || {
+        pool.stats().await.unwrap().bus.rejected == 2
+    })
+    .await;
+    settle().await;
+    let stats = pool.stats().await.unwrap();
+    assert_eq!(stats.bus.applied, 0);
+    assert_eq!(stats.keys, vec!["tenant:a".to_string()], "nothing was flushed");
+}
+
+/// The migration switch: with `accept_signed_v1`, a properly signed
+/// version-1 message is applied; without it, it is rejected.
+#[tokio::test(start_paused = true)]
+async fn signed_v1_is_accepted_only_during_a_migration() {
+    let bus = LocalBus::new(64);
+    let c = Counters::new();
+    let strict = builder(&c).spawn().await.unwrap();
+    let migrating = builder(&c).spawn().await.unwrap();
+    let k = key(1);
+    bus.attach(&strict, signed("s", &k));
+    bus.attach(
+        &migrating,
+        ListenOptions {
+            accept_signed_v1: true,
+            ..signed("m", &k)
+        },
+    );
+    let message = Invalidation {
+        origin: "old-publisher".into(),
+        epoch: 0,
+        seq: 1,
+        ts_us: now_us(),
+        scope: Scope::Key("k".into()),
+    };
+    bus.publish_raw(message.encode_v1(Some(&k)));
+    eventually("applied while migrating", async || {
+        migrating.stats().await.unwrap().bus.applied == 1
+    })
+    .await;
+    eventually("rejected when strict", async || {
+        strict.stats().await.unwrap().bus.rejected == 1
+    })
+    .await;
+    assert!(matches!(
+        Invalidation::decode(&message.encode_v1(Some(&k)), Some(&k)),
+        Err(BusError::Legacy(_))
+    ));
+}
+
+/// Issue 13, 1b: a captured, validly signed flush-all stamped an hour ago is
+/// rejected by a fresh listener (counted as rejected); one stamped now is applied.
+#[tokio::test(start_paused = true)]
+async fn signed_message_outside_the_window_is_rejected() {
+    let bus = LocalBus::new(64);
+    let c = Counters::new();
+    let pool = builder(&c).spawn().await.unwrap();
+    let k = key(1);
+    bus.attach(&pool, signed("me", &k));
+    warm(&pool, &c, "tenant:a").await;
+    let hour = 3_600_000_000;
+    for ts_us in [now_us() - hour, now_us() + hour] {
+        let captured = Invalidation {
+            origin: new_origin("billing"),
+            epoch: 1,
+            seq: 1,
+            ts_us,
+            scope: Scope::All,
+        };
+        bus.publish_raw(captured.encode(Some(&k)));
+    }
+    eventually("both rejected", async || pool.stats().await.unwrap().bus.rejected == 2).await;
+    assert_eq!(pool.stats().await.unwrap().keys, vec!["tenant:a".to_string()]);
+    bus.publisher(new_origin("billing"), Some(k))
+        .publish(Scope::All)
+        .await
+        .unwrap();
+    eventually("a fresh one applied", async || {
+        pool.stats().await.unwrap().bus.applied == 1
+    })
+    .await;
+}
+
+/// Issue 13, 1c: an empty or short signing key is refused with an error that says why.
+#[test]
+fn short_signing_keys_are_refused() {
+    for bytes in [Vec::new(), b"secret".to_vec(), vec![1u8; 31]] {
+        let len = bytes.len();
+        let err = SigningKey::new(bytes).unwrap_err();
+        assert!(matches!(err, BusError::WeakKey { len: l } if l == len), "{err:?}");
+        assert!(err.to_string().contains("at least 32 bytes"), "{err}");
+    }
+}
+
+/// Issue 13, 1d: a publisher restarted under the same origin (its sequence
+/// starts again at 1) is recognised as a new stream: its invalidation is
+/// applied, the restart counted, and the recovery applied.
+#[tokio::test(start_paused = true)]
+async fn restarted_publisher_reusing_its_origin_is_not_a_replay() {
+    let bus = LocalBus::new(64);
+    let c = Counters::new();
+    let pool = builder(&c).spawn().await.unwrap();
+    bus.attach(
+        &pool,
+        ListenOptions {
+            recovery: Recovery::FlushPrefix("stale:".into()),
+            ..options("me")
+        },
+    );
+    for key in ["rotated", "stale:x", "other"] {
+        warm(&pool, &c, key).await;
+    }
+    let before = bus.publisher("billing-1", None);
+    for i in 0..5 {
+        before.publish(Scope::Key(format!("n{i}"))).await.unwrap();
+    }
+    eventually("first run applied", async || {
+        pool.stats().await.unwrap().bus.applied == 5
+    })
+    .await;
+    let after = bus.publisher("billing-1", None); // same origin, sequence from 1
+    after.publish(Scope::Key("rotated".into())).await.unwrap();
+    eventually("the rotation applied", async || {
+        pool.stats().await.unwrap().bus.applied == 6
+    })
+    .await;
+    let stats = pool.stats().await.unwrap();
+    assert_eq!(
+        (stats.bus.replayed, stats.bus.publisher_restarts, stats.bus.recoveries),
+        (0, 1, 1)
+    );
+    assert_eq!(
+        stats.keys,
+        vec!["other".to_string()],
+        "rotated by message, stale:x by recovery"
+    );
+    // A message from the old run arriving now is a replay.
+    before.publish(Scope::Key("other".into())).await.unwrap();
+    eventually("old run's message ignored", async || {
+        pool.stats().await.unwrap().bus.replayed == 1
+    })
+    .await;
 }
 
 /// A replayed message is ignored; a gap in an origin's sequence triggers the
@@ -94,9 +339,8 @@ async fn replays_ignored_and_gaps_recover() {
     let c = Counters::new();
     let pool = builder(&c).spawn().await.unwrap();
     let opts = ListenOptions {
-        origin: "me".into(),
         recovery: Recovery::FlushPrefix("acme:".into()),
-        ..Default::default()
+        ..options("me")
     };
     bus.attach(&pool, opts);
     for key in ["acme:a", "acme:b", "globex:a", "x"] {
@@ -121,7 +365,8 @@ async fn replays_ignored_and_gaps_recover() {
     );
 }
 
-/// A listener that falls behind the bus's buffer recovers by flushing everything.
+/// A listener that falls behind the bus's buffer counts the loss and
+/// recovers by flushing everything.
 #[tokio::test(start_paused = true)]
 async fn lagging_listener_flushes() {
     let bus = LocalBus::new(2);
@@ -129,19 +374,19 @@ async fn lagging_listener_flushes() {
     let pool = builder(&c).spawn().await.unwrap();
     bus.attach(&pool, options("me"));
     warm(&pool, &c, "keep-me?").await;
-    let publisher = bus.publisher("peer", None);
     // No await in between: the listener cannot run, so it misses some.
     for i in 0..10 {
-        publisher.publish(Scope::Key(format!("k{i}")));
+        let bytes = Stamper::new(new_origin("peer"), None).stamp(Scope::Key(format!("k{i}")));
+        bus.publish_raw(bytes);
     }
     eventually("recovered", async || pool.stats().await.unwrap().bus.recoveries == 1).await;
     let stats = pool.stats().await.unwrap();
-    assert_eq!(stats.bus.reconnects, 1);
+    assert_eq!((stats.bus.lost, stats.bus.reconnects), (1, 0));
     assert!(stats.keys.is_empty(), "the recovery flushed the warm key");
 }
 
-/// `Pool::listen` applies a stream of decoded invalidations, and the task
-/// ends with the stream; it does not keep the pool alive.
+/// `Pool::listen` applies a stream of events from a transport of one's own,
+/// and the task ends with the stream; a reconnect there recovers.
 #[tokio::test(start_paused = true)]
 async fn listen_applies_a_stream() {
     let c = Counters::new();
@@ -149,38 +394,70 @@ async fn listen_applies_a_stream() {
     for key in ["t1:a", "t1:b", "t2:a"] {
         warm(&pool, &c, key).await;
     }
-    let messages = vec![
-        Invalidation {
-            origin: "p".into(),
-            seq: 1,
-            ts_us: 0,
-            scope: Scope::Prefix("t1:".into()),
-        },
-        Invalidation {
-            origin: "me".into(),
-            seq: 1,
-            ts_us: 0,
-            scope: Scope::All,
-        },
+    let message = |origin: &str, scope| BusEvent::Message {
+        payload: Stamper::new(origin, None).stamp(scope),
+        stored_at_us: None,
+    };
+    let events = vec![
+        message("p", Scope::Prefix("t1:".into())),
+        message("me", Scope::All),
+        BusEvent::Disconnected,
     ];
-    let task = pool.listen(futures::stream::iter(messages), options("me"));
+    let task = pool.listen(futures::stream::iter(events), options("me"));
     task.await.unwrap();
     let stats = pool.stats().await.unwrap();
     assert_eq!(stats.keys, vec!["t2:a".to_string()]);
     assert_eq!((stats.bus.applied, stats.bus.echoes_ignored), (1, 1));
+    let task = pool.listen(futures::stream::iter(vec![BusEvent::Reconnected]), options("me"));
+    task.await.unwrap();
+    let stats = pool.stats().await.unwrap();
+    assert_eq!((stats.bus.reconnects, stats.bus.recoveries), (1, 1));
+    assert!(stats.keys.is_empty());
 }
 
-/// A bus listener ends once its pool has shut down.
+/// A bus listener ends once its pool has shut down, with no message needed.
 #[tokio::test(start_paused = true)]
-async fn listener_ends_with_the_pool() {
+async fn listener_ends_when_the_pool_shuts_down() {
     let bus = LocalBus::new(8);
     let c = Counters::new();
     let pool = builder(&c).spawn().await.unwrap();
     let task = bus.attach(&pool, options("me"));
     pool.shutdown(Duration::from_secs(1)).await.unwrap();
-    bus.publisher("peer", None).publish(Scope::All);
     tokio::time::timeout(Duration::from_secs(5), task)
         .await
-        .expect("listener ended")
+        .expect("listener ended without a message")
         .unwrap();
+}
+
+/// Issue 13, 1f: a listener on a quiet bus ends promptly when its pool's last
+/// handle is dropped (it used to wait for the next message, keeping a task and
+/// the pool's counters alive).
+#[tokio::test(start_paused = true)]
+async fn listener_ends_when_the_pool_is_dropped_on_a_quiet_bus() {
+    let bus = LocalBus::new(8);
+    let c = Counters::new();
+    let pool = builder(&c).spawn().await.unwrap();
+    let tasks: Vec<_> = (0..3).map(|_| bus.attach(&pool, options("me"))).collect();
+    drop(pool);
+    for task in tasks {
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("listener ended without a message")
+            .unwrap();
+    }
+    assert_eq!(bus.publish_raw(b"x".to_vec()), 0, "no receiver left on the bus");
+}
+
+/// The bus's public types can be shared between tasks and threads.
+#[test]
+fn public_bus_types_are_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<LocalBus>();
+    check::<warmpool::bus::LocalPublisher>();
+    check::<ListenOptions>();
+    check::<BusError>();
+    check::<BusEvent>();
+    check::<SigningKey>();
+    check::<Stamper>();
+    check::<warmpool::bus::BusStats>();
 }

@@ -1,31 +1,42 @@
 //! The embedded bus: in-process, over a tokio broadcast channel. Needs no
 //! server; useful for several pools in one process, for tests, and as the
-//! model of what the Redis and NATS adapters do.
+//! model of what the server-backed transports do.
 
 use std::sync::Arc;
 
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 
-use crate::bus::{ListenOptions, Listener, Scope, SigningKey, Stamper};
+use crate::bus::listener::{self, BusEvent};
+use crate::bus::{BusError, ListenOptions, Outbox, Publisher, SigningKey, Stamper};
 use crate::pool::Pool;
 
 /// An in-process event bus. Cloning gives another handle to the same bus.
 ///
-/// Messages travel as the same wire bytes as over Redis or NATS, so signing,
-/// echo, replay and gap handling behave the same. A listener that falls more
-/// than `capacity` messages behind loses messages; it then applies its
-/// [`Recovery`](crate::bus::Recovery), as after a reconnect.
+/// Messages travel as the same wire bytes as over the servers, so signing,
+/// echo, replay and gap handling behave the same. A listener that falls
+/// more than `capacity` messages behind loses messages; it then applies its
+/// [`Recovery`](crate::bus::Recovery) (counted in `BusStats::lost`).
 #[derive(Debug, Clone)]
 pub struct LocalBus {
     tx: broadcast::Sender<Arc<[u8]>>,
 }
 
-/// Publishes invalidations on a [`LocalBus`].
-#[derive(Debug)]
-pub struct LocalPublisher {
-    stamper: Stamper,
+/// The sending half of a [`LocalBus`].
+#[derive(Debug, Clone)]
+pub struct LocalOutbox {
     tx: broadcast::Sender<Arc<[u8]>>,
+}
+
+/// Publishes invalidations on a [`LocalBus`].
+pub type LocalPublisher = Publisher<LocalOutbox>;
+
+impl Outbox for LocalOutbox {
+    /// Never fails: with no listener attached there is nobody to tell.
+    async fn send(&self, payload: Vec<u8>) -> Result<(), BusError> {
+        let _ = self.tx.send(payload.into());
+        Ok(())
+    }
 }
 
 impl LocalBus {
@@ -39,10 +50,7 @@ impl LocalBus {
     /// A publisher for `origin` (see [`new_origin`](crate::bus::new_origin)),
     /// signing with `signing_key` if given.
     pub fn publisher(&self, origin: impl Into<String>, signing_key: Option<SigningKey>) -> LocalPublisher {
-        LocalPublisher {
-            stamper: Stamper::new(origin, signing_key),
-            tx: self.tx.clone(),
-        }
+        Publisher::new(Stamper::new(origin, signing_key), LocalOutbox { tx: self.tx.clone() })
     }
 
     /// Sends raw bytes, as another (possibly foreign or hostile) publisher
@@ -51,40 +59,23 @@ impl LocalBus {
         self.tx.send(bytes.into()).unwrap_or(0)
     }
 
-    /// Starts a task that applies this bus's messages to `pool`. It ends when
-    /// the pool is gone or shut down.
+    /// Starts a task that applies this bus's messages to `pool`. It ends as
+    /// soon as the pool shuts down or is dropped, even if no message comes.
     pub fn attach<T: Send + Sync + 'static>(&self, pool: &Pool<T>, options: ListenOptions) -> JoinHandle<()> {
-        let mut rx = self.tx.subscribe();
-        let mut listener = Listener::new(pool, options);
-        tokio::spawn(async move {
-            loop {
-                let received = rx.recv().await;
-                if listener.is_closed() {
-                    break;
-                }
-                match received {
-                    Ok(bytes) => {
-                        listener.handle(&bytes).await;
-                    }
-                    Err(broadcast::error::RecvError::Lagged(missed)) => {
-                        tracing::warn!(missed, "local bus listener fell behind; recovering");
-                        listener.reconnected().await;
-                    }
-                    Err(broadcast::error::RecvError::Closed) => break,
-                }
-            }
-        })
-    }
-}
-
-impl LocalPublisher {
-    /// The origin id stamped on every message.
-    pub fn origin(&self) -> &str {
-        self.stamper.origin()
-    }
-
-    /// Publishes an invalidation of `scope`. Returns how many listeners got it.
-    pub fn publish(&self, scope: Scope) -> usize {
-        self.tx.send(self.stamper.stamp(scope).into()).unwrap_or(0)
+        // A plain stream: no client to drive, so no pump and no channel hop.
+        let events = futures::stream::unfold(self.tx.subscribe(), |mut rx| async move {
+            let event = match rx.recv().await {
+                Ok(bytes) => BusEvent::Message {
+                    payload: bytes.to_vec(),
+                    stored_at_us: None,
+                },
+                Err(broadcast::error::RecvError::Lagged(missed)) => BusEvent::Lost {
+                    reason: format!("the listener fell {missed} messages behind the embedded bus"),
+                },
+                Err(broadcast::error::RecvError::Closed) => return None,
+            };
+            Some((event, rx))
+        });
+        listener::spawn_stream(pool, options, false, events)
     }
 }

@@ -1,57 +1,81 @@
-//! Invalidation over Redis pub/sub (feature `redis`).
+//! Invalidation over Redis pub/sub (feature `redis`): at most once, so a
+//! reconnect applies the listener's [`Recovery`](crate::bus::Recovery). For
+//! replay instead of a flush, use [`redis_streams`](crate::bus::redis_streams).
 //!
 //! ```no_run
 //! # async fn demo(pool: warmpool::Pool<String>) -> Result<(), warmpool::bus::BusError> {
 //! use warmpool::bus::{ListenOptions, Scope, new_origin, redis::RedisBus};
 //! let origin = new_origin("billing");
 //! let bus = RedisBus::new("redis://127.0.0.1:6379", "warmpool:invalidate")?;
-//! let _listener = bus
-//!     .attach(&pool, ListenOptions { origin: origin.clone(), ..Default::default() })
-//!     .await?;
+//! let _listener = bus.attach(&pool, ListenOptions::new(&origin)).await?;
 //! let publisher = bus.publisher(origin, None).await?;
-//! publisher.publish(Scope::Prefix("acme:".into())).await?;
+//! // Retire here, and publish for every other instance:
+//! publisher.invalidate(&pool, Scope::Prefix("acme:".into())).await?;
 //! # Ok(()) }
 //! ```
 
-use std::time::Duration;
-
 use futures::StreamExt;
-use redis::AsyncCommands;
 use tokio::task::JoinHandle;
 
-use crate::bus::{BusError, ListenOptions, Listener, Scope, SigningKey, Stamper, reconnect_delay};
+use crate::bus::listener::{self, BusEvent, EventSink};
+use crate::bus::{BusError, ListenOptions, Outbox, Publisher, SigningKey, Stamper};
 use crate::pool::Pool;
 
-/// How often an idle listener checks whether its pool is gone.
-const CLOSED_CHECK: Duration = Duration::from_secs(1);
-
 /// A Redis server and the channel invalidations travel on.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RedisBus {
     client: redis::Client,
     channel: String,
 }
 
-/// Publishes invalidations on a Redis channel. Reconnects by itself (a
-/// `redis` connection manager); a publish during an outage fails with
+/// Shows the channel only: the client holds the connection info, password included.
+impl std::fmt::Debug for RedisBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisBus").field("channel", &self.channel).finish()
+    }
+}
+
+/// The sending half of a [`RedisBus`]: `PUBLISH` over a connection manager
+/// that reconnects by itself; a publish during an outage fails with
 /// [`BusError::Transport`].
-pub struct RedisPublisher {
-    stamper: Stamper,
+#[derive(Clone)]
+pub struct RedisOutbox {
     connection: redis::aio::ConnectionManager,
     channel: String,
 }
 
-impl std::fmt::Debug for RedisPublisher {
+impl std::fmt::Debug for RedisOutbox {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisPublisher")
-            .field("origin", &self.stamper.origin())
-            .field("channel", &self.channel)
-            .finish()
+        f.debug_struct("RedisOutbox").field("channel", &self.channel).finish()
     }
 }
 
-fn transport(error: redis::RedisError) -> BusError {
-    BusError::Transport(error.to_string())
+/// Publishes invalidations on a Redis channel.
+pub type RedisPublisher = Publisher<RedisOutbox>;
+
+impl Outbox for RedisOutbox {
+    async fn send(&self, payload: Vec<u8>) -> Result<(), BusError> {
+        let mut connection = self.connection.clone();
+        redis::cmd("PUBLISH")
+            .arg(&self.channel)
+            .arg(payload)
+            .query_async::<i64>(&mut connection)
+            .await
+            .map(drop)
+            .map_err(|e| BusError::transport("PUBLISH", e))
+    }
+}
+
+/// Opens a client for `url`; shared with the streams transport.
+pub(crate) fn open(url: &str) -> Result<redis::Client, BusError> {
+    redis::Client::open(url).map_err(|e| BusError::transport("opening the Redis URL", e))
+}
+
+/// A connection manager for publishing; shared with the streams transport.
+pub(crate) async fn manager(client: &redis::Client) -> Result<redis::aio::ConnectionManager, BusError> {
+    redis::aio::ConnectionManager::new(client.clone())
+        .await
+        .map_err(|e| BusError::transport("connecting to Redis", e))
 }
 
 impl RedisBus {
@@ -59,7 +83,7 @@ impl RedisBus {
     /// Does not connect yet.
     pub fn new(url: &str, channel: impl Into<String>) -> Result<Self, BusError> {
         Ok(RedisBus {
-            client: redis::Client::open(url).map_err(transport)?,
+            client: open(url)?,
             channel: channel.into(),
         })
     }
@@ -70,19 +94,23 @@ impl RedisBus {
         origin: impl Into<String>,
         signing_key: Option<SigningKey>,
     ) -> Result<RedisPublisher, BusError> {
-        let connection = redis::aio::ConnectionManager::new(self.client.clone())
-            .await
-            .map_err(transport)?;
-        Ok(RedisPublisher {
-            stamper: Stamper::new(origin, signing_key),
-            connection,
+        let outbox = RedisOutbox {
+            connection: manager(&self.client).await?,
             channel: self.channel.clone(),
-        })
+        };
+        Ok(Publisher::new(Stamper::new(origin, signing_key), outbox))
     }
 
     async fn subscribe(&self) -> Result<redis::aio::PubSub, BusError> {
-        let mut pubsub = self.client.get_async_pubsub().await.map_err(transport)?;
-        pubsub.subscribe(&self.channel).await.map_err(transport)?;
+        let mut pubsub = self
+            .client
+            .get_async_pubsub()
+            .await
+            .map_err(|e| BusError::transport("connecting to Redis", e))?;
+        pubsub
+            .subscribe(&self.channel)
+            .await
+            .map_err(|e| BusError::transport("SUBSCRIBE", e))?;
         Ok(pubsub)
     }
 
@@ -92,72 +120,41 @@ impl RedisBus {
     /// reached now. Afterwards a lost connection is retried with exponential
     /// backoff and jitter (100 ms to 10 s), and once subscribed again the
     /// listener applies its [`Recovery`](crate::bus::Recovery). The task ends
-    /// when the pool is gone or shut down.
+    /// when the pool shuts down or is dropped.
     pub async fn attach<T: Send + Sync + 'static>(
         &self,
         pool: &Pool<T>,
         options: ListenOptions,
     ) -> Result<JoinHandle<()>, BusError> {
-        let mut pubsub = self.subscribe().await?;
-        let mut listener = Listener::new(pool, options);
+        let pubsub = self.subscribe().await?;
         let bus = self.clone();
-        Ok(tokio::spawn(async move {
-            loop {
-                {
-                    let mut messages = pubsub.on_message();
-                    let mut check = tokio::time::interval(CLOSED_CHECK);
-                    loop {
-                        tokio::select! {
-                            message = messages.next() => match message {
-                                Some(message) => {
-                                    listener.handle(message.get_payload_bytes()).await;
-                                }
-                                None => break,
-                            },
-                            _ = check.tick() => {}
-                        }
-                        if listener.is_closed() {
-                            return;
-                        }
-                    }
-                }
-                tracing::warn!(channel = %bus.channel, "redis pub/sub connection lost; reconnecting");
-                let mut attempt = 0;
-                pubsub = loop {
-                    tokio::time::sleep(reconnect_delay(attempt)).await;
-                    if listener.is_closed() {
+        Ok(listener::spawn(pool, options, false, |sink| bus.pump(pubsub, sink)))
+    }
+
+    async fn pump(self, mut pubsub: redis::aio::PubSub, sink: EventSink) {
+        loop {
+            {
+                let mut messages = pubsub.on_message();
+                while let Some(message) = messages.next().await {
+                    let event = BusEvent::Message {
+                        payload: message.get_payload_bytes().to_vec(),
+                        stored_at_us: None,
+                    };
+                    if !sink.send(event).await {
                         return;
                     }
-                    match bus.subscribe().await {
-                        Ok(pubsub) => break pubsub,
-                        Err(error) => {
-                            tracing::warn!(error = %error, attempt, "redis reconnect failed");
-                            attempt += 1;
-                        }
-                    }
-                };
-                tracing::info!(channel = %bus.channel, "redis pub/sub reconnected");
-                listener.reconnected().await;
+                }
             }
-        }))
-    }
-}
-
-impl RedisPublisher {
-    /// The origin id stamped on every message.
-    pub fn origin(&self) -> &str {
-        self.stamper.origin()
-    }
-
-    /// Publishes an invalidation of `scope`; returns how many subscribers
-    /// Redis delivered it to.
-    pub async fn publish(&self, scope: Scope) -> Result<usize, BusError> {
-        self.publish_raw(self.stamper.stamp(scope)).await
-    }
-
-    /// Publishes raw bytes on the channel, as any other publisher could.
-    pub async fn publish_raw(&self, bytes: Vec<u8>) -> Result<usize, BusError> {
-        let mut connection = self.connection.clone();
-        connection.publish(&self.channel, bytes).await.map_err(transport)
+            if !sink.send(BusEvent::Disconnected).await {
+                return;
+            }
+            let Some(renewed) = sink.reconnect(&self.channel, || self.subscribe()).await else {
+                return;
+            };
+            pubsub = renewed;
+            if !sink.send(BusEvent::Reconnected).await {
+                return;
+            }
+        }
     }
 }
