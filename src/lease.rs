@@ -10,6 +10,18 @@ use ractor::ActorRef;
 use crate::messages::DisposerMsg;
 use crate::stats::Metrics;
 
+/// Identifies one instance within its pool: two leases with the same id
+/// share one instance. Ids are given out in creation order; printed as a
+/// number, for logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct InstanceId(u64);
+
+impl fmt::Display for InstanceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
 /// One built instance and what is needed to dispose of it.
 ///
 /// The key actor holds one `Arc<Instance<T>>` while the instance is resident;
@@ -20,7 +32,7 @@ use crate::stats::Metrics;
 pub(crate) struct Instance<T: Send + Sync + 'static> {
     /// `Some` until `Drop` moves the value out to the disposer.
     value: Option<T>,
-    pub(crate) id: u64,
+    pub(crate) id: InstanceId,
     pub(crate) key: Arc<str>,
     disposer: ActorRef<DisposerMsg<T>>,
     metrics: Arc<Metrics>,
@@ -30,7 +42,7 @@ impl<T: Send + Sync + 'static> Instance<T> {
     /// Wraps a freshly built value and registers it with the disposer, so a
     /// shutdown report can name it until it is disposed.
     pub(crate) fn new(value: T, key: Arc<str>, disposer: ActorRef<DisposerMsg<T>>, metrics: Arc<Metrics>) -> Arc<Self> {
-        let id = metrics.next_instance_id.fetch_add(1, Relaxed);
+        let id = InstanceId(metrics.next_instance_id.fetch_add(1, Relaxed));
         // If the disposer is gone the pool is gone; the value is then simply
         // dropped by `Drop` below, so the send error needs no handling.
         let _ = disposer.send_message(DisposerMsg::Track { id, key: key.clone() });
@@ -101,9 +113,9 @@ impl<T: Send + Sync + 'static> Lease<T> {
         Arc::ptr_eq(&a.instance, &b.instance)
     }
 
-    /// A number identifying the instance within its pool; two leases with
-    /// the same id share one instance. Useful in logs.
-    pub fn instance_id(&self) -> u64 {
+    /// The instance's id within its pool; two leases with the same id share
+    /// one instance. Useful in logs.
+    pub fn instance_id(&self) -> InstanceId {
         self.instance.id
     }
 }

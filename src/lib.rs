@@ -76,7 +76,7 @@ pub use actors::SupervisorActor;
 pub use config::{ConfigCaps, ConfigError, DEFAULT_ENV_PREFIX, PoolConfig, RestartPolicy};
 pub use error::{BoxError, PoolError, SharedError};
 pub use hash::{CredentialsHash, HashError, ParseHashError, hash_credentials};
-pub use lease::Lease;
+pub use lease::{InstanceId, Lease};
 pub use messages::SupervisorMsg;
 pub use pool::{DisposeOutcome, Pool, PoolBuilder};
 pub use stats::{CoolingKey, RetireCause, Retirements, ShutdownReport, Stats};

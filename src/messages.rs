@@ -14,7 +14,7 @@ use tokio::time::Instant;
 
 use crate::error::{BoxError, PoolError};
 use crate::hash::CredentialsHash;
-use crate::lease::{Instance, Lease};
+use crate::lease::{Instance, InstanceId, Lease};
 use crate::restart::RestartState;
 use crate::stats::{RetireCause, ShutdownReport, Stats};
 
@@ -187,8 +187,8 @@ pub(crate) enum KeyReport<T: Send + Sync + 'static> {
     Building,
     /// An instance is resident.
     Ready {
-        /// The instance's id, to make a later `Retire` precise.
-        generation: u64,
+        /// The instance, to make a later `Retire` precise.
+        instance: InstanceId,
         /// When its TTL runs out, if it has one.
         expires_at: Option<Instant>,
         /// Lets the supervisor see whether the instance is leased
@@ -212,6 +212,21 @@ pub(crate) enum KeyReport<T: Send + Sync + 'static> {
     },
 }
 
+/// What a `KeyMsg::Retire` retires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RetireTarget {
+    /// An invalidation: whatever is resident, and a build in flight is
+    /// marked stale (never served; its waiters get a fresh build). Also
+    /// ends a cool-down.
+    Everything,
+    /// This instance, if it is still the current one (expiry, capacity: the
+    /// supervisor decided from a view that may lag).
+    Instance(InstanceId),
+    /// Nothing: the supervisor saw nothing resident and asks the actor to
+    /// report whether it is idle (capacity eviction of an empty key).
+    Nothing,
+}
+
 /// Messages to a key actor.
 pub(crate) enum KeyMsg<T: Send + Sync + 'static> {
     /// A caller's request (from the supervisor).
@@ -222,9 +237,8 @@ pub(crate) enum KeyMsg<T: Send + Sync + 'static> {
     Retire {
         /// Why.
         cause: RetireCause,
-        /// Retire only this instance; `None` retires whatever is resident and
-        /// marks a build in flight as stale.
-        generation: Option<u64>,
+        /// What to retire.
+        target: RetireTarget,
         /// For a prefix invalidation, its number: the key actor clears the
         /// read view's fence up to it (see `ReadView::fence_key`).
         fence: Option<u64>,
@@ -252,7 +266,7 @@ pub(crate) enum KeyMsg<T: Send + Sync + 'static> {
     /// it in the read view if it is still current (from the supervisor).
     Publish {
         /// The instance to publish.
-        generation: u64,
+        instance: InstanceId,
         /// The read view's fence number when the supervisor sent this.
         fence: u64,
     },
@@ -277,14 +291,14 @@ pub(crate) enum DisposerMsg<T: Send + Sync + 'static> {
     /// A new instance exists; remember it until it is disposed.
     Track {
         /// Its id.
-        id: u64,
+        id: InstanceId,
         /// Its key, for the shutdown report.
         key: Arc<str>,
     },
     /// An instance's last reference is gone: run the hook.
     Dispose {
         /// Its id.
-        id: u64,
+        id: InstanceId,
         /// Its key, given to the hook.
         key: Arc<str>,
         /// The instance.

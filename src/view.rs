@@ -31,7 +31,7 @@ use arc_swap::ArcSwapOption;
 use tokio::time::Instant;
 
 use crate::hash::CredentialsHash;
-use crate::lease::{Instance, Lease};
+use crate::lease::{Instance, InstanceId, Lease};
 use crate::restart::Deadline;
 use crate::stats::RetireCause;
 
@@ -45,7 +45,7 @@ pub(crate) struct Published<T: Send + Sync + 'static> {
     /// last lease).
     slot: ArcSwapOption<Instance<T>>,
     /// The instance's id (readable after the slot is emptied).
-    pub(crate) id: u64,
+    pub(crate) id: InstanceId,
     /// The credentials hash it was built for.
     pub(crate) hash: CredentialsHash,
     /// Its TTL deadline; `None` never expires by age.

@@ -13,6 +13,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use crate::actors::DisposeHook;
 use crate::error::panic_message;
+use crate::lease::InstanceId;
 use crate::messages::{DisposerMsg, DrainReport};
 use crate::stats::Metrics;
 
@@ -40,7 +41,7 @@ pub(crate) struct DisposerState<T: Send + Sync + 'static> {
     args: DisposerArgs<T>,
     /// Instances built and not yet disposed, by id: the shutdown report names
     /// their keys as "still leased".
-    live: HashMap<u64, Arc<str>>,
+    live: HashMap<InstanceId, Arc<str>>,
     /// Hooks running now.
     running: u64,
     /// A shutdown waiting for the running hooks to finish.

@@ -14,9 +14,9 @@ use tokio::time::Instant;
 use crate::actors::{Settings, Shared, nonzero};
 use crate::error::{PoolError, panic_message};
 use crate::hash::CredentialsHash;
-use crate::lease::{Instance, Lease};
+use crate::lease::{Instance, InstanceId, Lease};
 use crate::messages::{
-    DisposerMsg, Factory, InsertRequest, KeyMsg, KeyReport, Request, SupervisorInternal, SupervisorMsg,
+    DisposerMsg, Factory, InsertRequest, KeyMsg, KeyReport, Request, RetireTarget, SupervisorInternal, SupervisorMsg,
 };
 use crate::restart::{RestartState, Verdict};
 use crate::stats::{Metrics, RetireCause};
@@ -79,7 +79,7 @@ enum Reported {
     Nothing,
     Building,
     /// The instance's id, and whether it is published.
-    Ready(u64, bool),
+    Ready(InstanceId, bool),
     Idle(u64),
 }
 
@@ -266,7 +266,7 @@ impl<T: Send + Sync + 'static> KeyState<T> {
         match outcome {
             Ok(instance) => {
                 self.restart.success();
-                tracing::debug!(key = %self.key, instance = instance.id, "built");
+                tracing::debug!(key = %self.key, instance = %instance.id, "built");
                 for waiter in build.waiters {
                     waiter.answer(Ok(Lease::new(&instance)));
                 }
@@ -372,11 +372,15 @@ impl<T: Send + Sync + 'static> KeyState<T> {
     }
 
     /// Handles the supervisor's `Retire`. Returns whether anything was retired.
-    fn retire(&mut self, cause: RetireCause, generation: Option<u64>) -> bool {
+    fn retire(&mut self, cause: RetireCause, target: RetireTarget) -> bool {
         let now = Instant::now();
         let mut retired = false;
         if let Some(current) = self.current.as_ref() {
-            let same = generation.is_none_or(|g| g == current.entry.id);
+            let same = match target {
+                RetireTarget::Everything => true,
+                RetireTarget::Instance(id) => id == current.entry.id,
+                RetireTarget::Nothing => false,
+            };
             // The supervisor judged expiry from a view that may lag; the
             // actor's own clock and data decide.
             let due = match cause {
@@ -394,7 +398,7 @@ impl<T: Send + Sync + 'static> KeyState<T> {
                 retired = true;
             }
         }
-        if generation.is_none() {
+        if target == RetireTarget::Everything {
             if let Some(build) = self.build.as_mut() {
                 build.stale.get_or_insert(cause);
                 retired = true;
@@ -422,10 +426,10 @@ impl<T: Send + Sync + 'static> KeyState<T> {
 
     /// The supervisor has sent every retirement that predates it: publish
     /// the instance if it is still current.
-    fn publish(&mut self, generation: u64, fence: u64) {
+    fn publish(&mut self, instance: InstanceId, fence: u64) {
         if let Some(current) = self.current.as_mut()
             && !current.published
-            && current.entry.id == generation
+            && current.entry.id == instance
             && !self.shutting_down
         {
             current.published = self.shared.view.publish(self.key.clone(), &current.entry, fence);
@@ -446,7 +450,7 @@ impl<T: Send + Sync + 'static> KeyState<T> {
             if cause == RetireCause::Shutdown {
                 self.retired_by_shutdown += 1;
             }
-            tracing::debug!(key = %self.key, instance = current.entry.id, cause = cause.as_str(), "retired");
+            tracing::debug!(key = %self.key, instance = %current.entry.id, cause = cause.as_str(), "retired");
         }
     }
 
@@ -504,10 +508,10 @@ impl<T: Send + Sync + 'static> KeyState<T> {
         self.reported = now_state;
         let report = match now_state {
             Reported::Building => KeyReport::Building,
-            Reported::Ready(generation, published) => {
+            Reported::Ready(instance, published) => {
                 let current = self.current.as_ref().expect("ready has a current instance");
                 KeyReport::Ready {
-                    generation,
+                    instance,
                     expires_at: current.entry.expires_at,
                     probe: current.entry.probe(),
                     published,
@@ -571,11 +575,11 @@ impl<T: Send + Sync + 'static> Actor for KeyActor<T> {
             KeyMsg::Insert(insert) => state.insert(insert),
             KeyMsg::Retire {
                 cause,
-                generation,
+                target,
                 fence,
                 reply,
             } => {
-                let retired = state.retire(cause, generation);
+                let retired = state.retire(cause, target);
                 if let Some(number) = fence {
                     state.shared.view.clear_fence(&state.key, number);
                 }
@@ -590,7 +594,7 @@ impl<T: Send + Sync + 'static> Actor for KeyActor<T> {
                 state.drain_queue(&myself);
             }
             KeyMsg::Retry { attempt } => state.retry(&myself, attempt),
-            KeyMsg::Publish { generation, fence } => state.publish(generation, fence),
+            KeyMsg::Publish { instance, fence } => state.publish(instance, fence),
         }
         state.after_message(&myself);
         Ok(())

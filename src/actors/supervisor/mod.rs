@@ -13,7 +13,10 @@ use crate::actors::Shared;
 use crate::actors::key::{KeyActor, KeyArgs};
 use crate::actors::lifecycle::Phase;
 use crate::error::PoolError;
-use crate::messages::{DisposerMsg, Internal, KeyMsg, KeyReport, Request, SupervisorInternal, SupervisorMsg};
+use crate::lease::InstanceId;
+use crate::messages::{
+    DisposerMsg, Internal, KeyMsg, KeyReport, Request, RetireTarget, SupervisorInternal, SupervisorMsg,
+};
 use crate::restart::RestartState;
 use crate::stats::{CoolingKey, Metrics, RetireCause, Stats};
 
@@ -78,7 +81,7 @@ enum View<T: Send + Sync + 'static> {
     Busy,
     /// An instance is resident.
     Ready {
-        generation: u64,
+        instance: InstanceId,
         expires_at: Option<Instant>,
         probe: std::sync::Weak<crate::lease::Instance<T>>,
     },
@@ -93,6 +96,15 @@ enum View<T: Send + Sync + 'static> {
 struct Used {
     at: u64,
     seq: u64,
+}
+
+/// A retirement decided but not sent yet (see `Entry::pending`).
+#[derive(Debug, Clone, Copy)]
+struct Retirement {
+    cause: RetireCause,
+    target: RetireTarget,
+    /// The prefix invalidation's fence number, for the key actor to clear.
+    fence: Option<u64>,
 }
 
 /// One resident key.
@@ -112,7 +124,7 @@ struct Entry<T: Send + Sync + 'static> {
     /// A `Retire` decided but not sent yet (see `SupervisorState::paced`).
     /// It is sent before anything else reaches the actor, so a caller never
     /// gets past it.
-    pending: Option<(RetireCause, Option<u64>, Option<u64>)>,
+    pending: Option<Retirement>,
 }
 
 impl<T: Send + Sync + 'static> Entry<T> {
@@ -126,10 +138,10 @@ impl<T: Send + Sync + 'static> Entry<T> {
 
     /// Sends the pending `Retire`, if any, ahead of whatever comes next.
     fn flush_pending(&mut self) {
-        if let Some((cause, generation, fence)) = self.pending.take() {
+        if let Some(Retirement { cause, target, fence }) = self.pending.take() {
             let _ = self.send(KeyMsg::Retire {
                 cause,
-                generation,
+                target,
                 fence,
                 reply: None,
             });
@@ -162,7 +174,7 @@ pub struct SupervisorState<T: Send + Sync + 'static> {
     /// Key actors by id, to recognise which one stopped.
     by_actor: HashMap<ActorId, Arc<str>>,
     /// TTL deadlines, so a sweep finds expired entries without a scan.
-    deadlines: BTreeSet<(Instant, u64, Arc<str>)>,
+    deadlines: BTreeSet<(Instant, InstanceId, Arc<str>)>,
     /// Failure history of keys whose actor is gone (ordered for prefix
     /// invalidation); cooling keys are answered from here without an actor.
     dormant: BTreeMap<Arc<str>, RestartState>,
@@ -317,12 +329,12 @@ impl<T: Send + Sync + 'static> SupervisorState<T> {
         self.recency.remove(&(entry.used, key.clone()));
         self.by_actor.remove(&entry.actor.get_id());
         if let View::Ready {
-            generation,
+            instance,
             expires_at: Some(at),
             ..
         } = entry.view
         {
-            self.deadlines.remove(&(at, generation, key.clone()));
+            self.deadlines.remove(&(at, instance, key.clone()));
         }
         if !entry.retiring {
             self.resident -= 1;
@@ -338,12 +350,12 @@ impl<T: Send + Sync + 'static> SupervisorState<T> {
             return; // from an actor this key no longer uses
         }
         if let View::Ready {
-            generation,
+            instance,
             expires_at: Some(at),
             ..
         } = entry.view
         {
-            self.deadlines.remove(&(at, generation, key.clone()));
+            self.deadlines.remove(&(at, instance, key.clone()));
         }
         if !matches!(report, KeyReport::Idle { .. }) {
             // The actor started a build or has a new instance that a pending
@@ -359,22 +371,22 @@ impl<T: Send + Sync + 'static> SupervisorState<T> {
         match report {
             KeyReport::Building => entry.view = View::Busy,
             KeyReport::Ready {
-                generation,
+                instance,
                 expires_at,
                 probe,
                 published,
             } => {
                 if let Some(at) = expires_at {
-                    self.deadlines.insert((at, generation, key.clone()));
+                    self.deadlines.insert((at, instance, key.clone()));
                 }
                 if !published {
                     // Every retirement that predates the instance went out
                     // above (`flush_pending`), ahead of this.
                     let fence = self.shared.view.fence();
-                    let _ = entry.send(KeyMsg::Publish { generation, fence });
+                    let _ = entry.send(KeyMsg::Publish { instance, fence });
                 }
                 entry.view = View::Ready {
-                    generation,
+                    instance,
                     expires_at,
                     probe,
                 };
@@ -385,9 +397,12 @@ impl<T: Send + Sync + 'static> SupervisorState<T> {
                     // An invalidation still waiting in the pacing queue never
                     // reached the actor; it still ends the cool-down the
                     // report carries, as it would have there.
-                    let invalidated = matches!(entry.pending, Some((_, None, _)));
+                    let invalidated = entry.pending.is_some_and(|p| p.target == RetireTarget::Everything);
                     // A fence whose retirement never went out: nobody else clears it.
-                    if let Some((_, _, Some(number))) = entry.pending {
+                    if let Some(Retirement {
+                        fence: Some(number), ..
+                    }) = entry.pending
+                    {
                         self.shared.view.clear_fence(&key, number);
                     }
                     // Nothing we sent is still in its mailbox, and we will

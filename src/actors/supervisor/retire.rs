@@ -9,8 +9,8 @@ use std::time::Duration;
 use ractor::{ActorRef, RpcReplyPort};
 use tokio::time::Instant;
 
-use super::{SupervisorState, Used, View};
-use crate::messages::{KeyMsg, SupervisorInternal, SupervisorMsg};
+use super::{Retirement, SupervisorState, Used, View};
+use crate::messages::{KeyMsg, RetireTarget, SupervisorInternal, SupervisorMsg};
 use crate::stats::RetireCause;
 
 /// Most pending `Retire`s sent at once (see `SupervisorState::paced`).
@@ -20,23 +20,24 @@ const RETIRE_PACE: Duration = Duration::from_millis(1);
 
 impl<T: Send + Sync + 'static> SupervisorState<T> {
     /// Retires the key's instance through the pacing queue (see `paced`).
-    /// `generation: None` is an invalidation: it also discards a build in
+    /// An invalidation (`RetireTarget::Everything`) also discards a build in
     /// flight, so it is sent at once to a key that is building.
     pub(super) fn retire_paced(
         &mut self,
         key: &Arc<str>,
         cause: RetireCause,
-        generation: Option<u64>,
+        target: RetireTarget,
         fence: Option<u64>,
     ) {
+        let invalidation = target == RetireTarget::Everything;
         let Some(entry) = self.entries.get_mut(key) else {
             return;
         };
-        if generation.is_none() && matches!(entry.view, View::Busy) {
-            let earlier = entry.pending.take().and_then(|(_, _, fence)| fence);
+        if invalidation && matches!(entry.view, View::Busy) {
+            let earlier = entry.pending.take().and_then(|p| p.fence);
             let _ = entry.send(KeyMsg::Retire {
                 cause,
-                generation,
+                target,
                 fence: fence.max(earlier),
                 reply: None,
             });
@@ -46,11 +47,15 @@ impl<T: Send + Sync + 'static> SupervisorState<T> {
         // The first cause found stands (a sweep checks TTL before idle time,
         // as a call does), except that an invalidation overrides an expiry:
         // it also discards a build.
-        if newly || generation.is_none() {
-            let earlier = entry.pending.and_then(|(_, _, fence)| fence);
-            entry.pending = Some((cause, generation, fence.max(earlier)));
+        if newly || invalidation {
+            let earlier = entry.pending.and_then(|p| p.fence);
+            entry.pending = Some(Retirement {
+                cause,
+                target,
+                fence: fence.max(earlier),
+            });
         }
-        if generation.is_none() && !entry.retiring {
+        if invalidation && !entry.retiring {
             entry.retiring = true;
             self.resident -= 1;
         }
@@ -134,13 +139,13 @@ impl<T: Send + Sync + 'static> SupervisorState<T> {
         };
         let entry = self.entries.get_mut(&victim).expect("just found");
         entry.retiring = true;
-        let generation = match entry.view {
-            View::Ready { generation, .. } => Some(generation),
-            _ => Some(u64::MAX), // nothing resident: only asks the actor to report idle
+        let target = match entry.view {
+            View::Ready { instance, .. } => RetireTarget::Instance(instance),
+            _ => RetireTarget::Nothing,
         };
         let _ = entry.send(KeyMsg::Retire {
             cause: RetireCause::Capacity,
-            generation,
+            target,
             fence: None,
             reply: None,
         });
@@ -156,13 +161,13 @@ impl<T: Send + Sync + 'static> SupervisorState<T> {
 
     pub(super) fn sweep(&mut self, myself: &ActorRef<SupervisorMsg<T>>) {
         let now = Instant::now();
-        while let Some((at, generation, key)) = self.deadlines.first().cloned() {
+        while let Some((at, instance, key)) = self.deadlines.first().cloned() {
             // Served at the very deadline, expired after it (as a call sees it).
             if at >= now {
                 break;
             }
             self.deadlines.pop_first();
-            self.retire_paced(&key, RetireCause::Ttl, Some(generation), None);
+            self.retire_paced(&key, RetireCause::Ttl, RetireTarget::Instance(instance), None);
         }
         if let Some(idle) = self.shared.settings.time_to_idle {
             let idle = u64::try_from(idle.as_nanos()).unwrap_or(u64::MAX);
@@ -175,13 +180,13 @@ impl<T: Send + Sync + 'static> SupervisorState<T> {
                 if used.at.saturating_add(idle) >= now {
                     break;
                 }
-                if !moved && let Some(View::Ready { generation, .. }) = self.entries.get(&key).map(|e| &e.view) {
-                    due.push((key.clone(), *generation));
+                if !moved && let Some(View::Ready { instance, .. }) = self.entries.get(&key).map(|e| &e.view) {
+                    due.push((key.clone(), *instance));
                 }
                 cursor = Some((used, key));
             }
-            for (key, generation) in due {
-                self.retire_paced(&key, RetireCause::Idle, Some(generation), None);
+            for (key, instance) in due {
+                self.retire_paced(&key, RetireCause::Idle, RetireTarget::Instance(instance), None);
             }
         }
         let policy = &self.shared.settings.restart_policy;
@@ -198,10 +203,10 @@ impl<T: Send + Sync + 'static> SupervisorState<T> {
             // has the answer, no one can get the old instance.
             Some(entry) => {
                 // This retire supersedes a pending one (and carries its fence).
-                let fence = entry.pending.take().and_then(|(_, _, fence)| fence);
+                let fence = entry.pending.take().and_then(|p| p.fence);
                 let msg = KeyMsg::Retire {
                     cause: RetireCause::Invalidated,
-                    generation: None,
+                    target: RetireTarget::Everything,
                     fence,
                     reply: Some(reply),
                 };
@@ -242,7 +247,7 @@ impl<T: Send + Sync + 'static> SupervisorState<T> {
         let fence = self.shared.view.next_fence();
         for key in &keys {
             self.shared.view.fence_key(key.clone(), fence);
-            self.retire_paced(key, RetireCause::Invalidated, None, Some(fence));
+            self.retire_paced(key, RetireCause::Invalidated, RetireTarget::Everything, Some(fence));
         }
         self.send_paced(myself);
         // The answer need not wait for the key actors: the old instances are
