@@ -266,6 +266,7 @@ impl<T: Send + Sync + 'static> Pool<T> {
                     hash,
                     value,
                     ttl,
+                    // Set by the supervisor as it forwards the instance.
                     fence: 0,
                     reply: Some(reply),
                 },

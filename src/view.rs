@@ -208,9 +208,6 @@ impl<T: Send + Sync + 'static> ReadView<T> {
     pub(crate) fn hit(&self, key: &str, hash: CredentialsHash, idle: Option<Duration>) -> Option<Lease<T>> {
         let map = self.map.pin();
         let entry = map.get(key)?.live()?;
-        if entry.hash != hash {
-            return None;
-        }
         let now = Instant::now();
         if entry.refusal(hash, now, idle, self).is_some() {
             return None;

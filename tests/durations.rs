@@ -160,15 +160,6 @@ async fn fail_then_call(policy: RestartPolicy) -> (Result<warmpool::Lease<Client
     (second, c)
 }
 
-/// Cools down after one failure.
-fn cool_at_once() -> RestartPolicy {
-    RestartPolicy {
-        max_retries: 0,
-        intensity: 1,
-        ..RestartPolicy::default()
-    }
-}
-
 /// `cooldown_initial: Duration::MAX` cools the key (for ever), answering `CoolingDown`.
 #[tokio::test(start_paused = true)]
 async fn cooldown_initial_max_cools_for_ever() {

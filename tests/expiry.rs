@@ -308,9 +308,15 @@ async fn leased_expired_instance_retired_by_sweep_disposed_after_lease_drop() {
     assert_eq!(s.live_leases, 1);
 }
 
-/// Serves `key` once, then checks that it is served again (same instance) at
-/// exactly `deadline` after the last relevant moment, and rebuilt 1 ms later.
-async fn served_at_the_deadline_and_not_after(pool: &Pool<Client>, c: &Arc<Counters>, deadline: Duration) {
+/// Serves `key` once, then checks that it is served again (same instance)
+/// `deadline` later, exactly at its deadline, and rebuilt once a further
+/// `then` has passed (1 ms past the deadline).
+async fn served_at_the_deadline_and_not_after(
+    pool: &Pool<Client>,
+    c: &Arc<Counters>,
+    deadline: Duration,
+    then: Duration,
+) {
     let first = get(pool, c, "k").await;
     let id = first.instance_id();
     drop(first);
@@ -318,13 +324,12 @@ async fn served_at_the_deadline_and_not_after(pool: &Pool<Client>, c: &Arc<Count
     let at = get(pool, c, "k").await;
     assert_eq!(at.instance_id(), id, "served at exactly the deadline");
     drop(at);
-    // For the idle time the hand-out at the deadline restarted it.
-    advance(deadline + Duration::from_millis(1)).await;
+    advance(then).await;
     let after = get(pool, c, "k").await;
     assert_ne!(after.instance_id(), id, "expired after the deadline");
 }
 
-/// The pool TTL: an instance is served at exactly its TTL and expired after it.
+/// The pool TTL: an instance is served at exactly its TTL and expired 1 ms after it.
 #[tokio::test(start_paused = true)]
 async fn ttl_boundary_serves_at_the_deadline() {
     let c = Counters::new();
@@ -334,13 +339,7 @@ async fn ttl_boundary_serves_at_the_deadline() {
         .spawn()
         .await
         .unwrap();
-    let first = get(&pool, &c, "k").await;
-    let id = first.instance_id();
-    drop(first);
-    advance(10 * SEC).await;
-    assert_eq!(get(&pool, &c, "k").await.instance_id(), id, "served at exactly the TTL");
-    advance(Duration::from_millis(1)).await;
-    assert_ne!(get(&pool, &c, "k").await.instance_id(), id, "expired after it");
+    served_at_the_deadline_and_not_after(&pool, &c, 10 * SEC, Duration::from_millis(1)).await;
     assert_eq!(c.builds(), 2);
 }
 
@@ -355,7 +354,8 @@ async fn idle_boundary_serves_at_the_deadline() {
         .spawn()
         .await
         .unwrap();
-    served_at_the_deadline_and_not_after(&pool, &c, 10 * SEC).await;
+    // The hand-out at the deadline restarts the idle time.
+    served_at_the_deadline_and_not_after(&pool, &c, 10 * SEC, 10 * SEC + Duration::from_millis(1)).await;
     assert_eq!(c.builds(), 2);
 }
 

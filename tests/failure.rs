@@ -654,12 +654,7 @@ async fn key_actor_stopped_from_outside_is_restarted() {
 #[tokio::test(start_paused = true)]
 async fn new_credentials_are_not_refused_by_a_cool_down() {
     let c = Counters::new();
-    let policy = RestartPolicy {
-        max_retries: 0,
-        intensity: 1,
-        ..RestartPolicy::default()
-    };
-    let pool = builder(&c).restart_policy(policy).spawn().await.unwrap();
+    let pool = builder(&c).restart_policy(cool_at_once()).spawn().await.unwrap();
     let err = pool
         .get_or_create("k", h(1), failing(&c, Duration::ZERO))
         .await
@@ -690,12 +685,7 @@ async fn new_credentials_are_not_refused_by_a_cool_down() {
 #[tokio::test(start_paused = true)]
 async fn cool_down_of_one_hash_does_not_refuse_another_in_the_actor() {
     let c = Counters::new();
-    let policy = RestartPolicy {
-        max_retries: 0,
-        intensity: 1,
-        ..RestartPolicy::default()
-    };
-    let pool = builder(&c).restart_policy(policy).spawn().await.unwrap();
+    let pool = builder(&c).restart_policy(cool_at_once()).spawn().await.unwrap();
     let _held = pool
         .get_or_create("k", h(1), factory(&c, "k", h(1), Duration::ZERO))
         .await

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use warmpool::{Lease, Pool, PoolError, RestartPolicy};
+use warmpool::{Lease, Pool, PoolError};
 
 const SEC: Duration = Duration::from_secs(1);
 
@@ -40,16 +40,6 @@ async fn shutdown_right_after_prefix_invalidation_keeps_the_invalidated_count() 
         report.retired, 0,
         "the shutdown found nothing left to retire (all 40 were invalidated before it)"
     );
-}
-
-/// A policy that cools a key down after a single failure, without retries.
-fn cool_at_once() -> RestartPolicy {
-    RestartPolicy {
-        max_retries: 0,
-        intensity: 1,
-        cooldown_initial: 10 * SEC,
-        ..RestartPolicy::default()
-    }
 }
 
 /// A prefix invalidation "also ends a cool-down": a key that started cooling

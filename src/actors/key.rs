@@ -410,8 +410,9 @@ impl<T: Send + Sync + 'static> KeyState<T> {
     }
 
     /// Makes a new instance current, publishing it in the read view unless
-    /// an invalidation happened since its request passed the supervisor:
-    /// then the supervisor is asked first (`KeyReport::Ready::published`).
+    /// a prefix invalidation fenced the key after its request passed the
+    /// supervisor: then the supervisor is asked first
+    /// (`KeyReport::Ready::published`).
     fn set_current(
         &mut self,
         instance: Arc<Instance<T>>,

@@ -89,6 +89,16 @@ pub fn failing(
     }
 }
 
+/// A restart policy that cools a key down after its first failure, without
+/// retries (cool-down 10 s, the default).
+pub fn cool_at_once() -> warmpool::RestartPolicy {
+    warmpool::RestartPolicy {
+        max_retries: 0,
+        intensity: 1,
+        ..warmpool::RestartPolicy::default()
+    }
+}
+
 /// A hash from a small number, for readability.
 pub fn h(n: u64) -> CredentialsHash {
     CredentialsHash::from_u64(n)

@@ -518,13 +518,14 @@ impl<T: Send + Sync + 'static> Actor for SupervisorActor<T> {
                     }
                     state.get(&myself, key, request).await;
                 }
-                SupervisorInternal::Insert { key, insert } => {
+                SupervisorInternal::Insert { key, mut insert } => {
                     if state.life.refuses_work() {
                         if let Some(reply) = insert.reply {
                             let _ = reply.send(Err(PoolError::ShutDown));
                         }
                         return Ok(());
                     }
+                    insert.fence = state.shared.view.fence();
                     state.route(&myself, key, KeyMsg::Insert(insert)).await;
                 }
                 SupervisorInternal::Report { key, actor, report } => {
