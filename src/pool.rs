@@ -185,11 +185,16 @@ impl<T: Send + Sync + 'static> Pool<T> {
         }
         // The hit path: the read view, no actor involved.
         if let Some(lease) = shared.view.hit(key, hash, shared.settings.time_to_idle) {
-            shared.metrics.hits.add(1);
+            // Counted once served: a call whose probe finds the instance
+            // stale is a miss.
             match self.hand_out(lease) {
-                HandOut::Serve(lease) => return Ok(lease),
+                HandOut::Serve(lease) => {
+                    shared.metrics.hits.add(1);
+                    return Ok(lease);
+                }
                 HandOut::Probe(lease) => {
                     if let Some(lease) = self.run_probe(lease).await {
+                        shared.metrics.hits.add(1);
                         return Ok(lease);
                     }
                 }
