@@ -1,7 +1,8 @@
 //! Model-based property test: random sequences of calls from several callers
-//! (gets with factories that succeed, fail, panic or hang; dropped leases;
-//! `insert`; `invalidate`; `invalidate_by_prefix`; clock advances across
-//! TTL, idle, sweep and timeout boundaries) on a small, over-full pool with
+//! (gets with factories that succeed, fail, panic or hang; lookups with
+//! `Pool::get`; dropped leases; `retire` of a held lease; `refresh` and
+//! refresh-ahead; `insert`; `invalidate`; `invalidate_by_prefix`; clock
+//! advances across TTL, idle, refresh, sweep and timeout boundaries) on a small, over-full pool with
 //! dispose hooks that succeed, fail, panic or hang, checked after every step
 //! against the plain sequential model in `common/reference.rs` and against
 //! the contract's invariants.
@@ -45,7 +46,7 @@ use std::time::Duration;
 use common::{Client, h};
 use futures::future::BoxFuture;
 use proptest::prelude::*;
-use reference::{Build, Caller, Config, ErrKind, Hook, Model, Ms, Serials};
+use reference::{Build, Caller, Config, ErrKind, Hook, Model, Ms, Refresher, Serials};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use warmpool::{Lease, Pool, PoolError, RestartPolicy, Stats};
@@ -67,9 +68,23 @@ enum Op {
         hash: u64,
         build: Build,
     },
+    /// The caller drops its lease, then looks `key` up with `Pool::get` (skipped while its last call is pending).
+    Lookup {
+        caller: usize,
+        key: &'static str,
+        hash: u64,
+    },
     /// The caller drops its lease (or forgets its error).
     Drop {
         caller: usize,
+    },
+    /// `Pool::retire` of the caller's lease (skipped unless it holds one).
+    Retire {
+        caller: usize,
+    },
+    /// `Pool::refresh(key)` in a task of its own (skipped while the last one is pending).
+    Refresh {
+        key: &'static str,
     },
     Insert {
         key: &'static str,
@@ -105,6 +120,9 @@ fn op() -> impl Strategy<Value = Op> {
             build
         }),
         3 => (0..CALLERS).prop_map(|caller| Op::Drop { caller }),
+        2 => (0..CALLERS, key.clone(), 1..=3u64).prop_map(|(caller, key, hash)| Op::Lookup { caller, key, hash }),
+        1 => (0..CALLERS).prop_map(|caller| Op::Retire { caller }),
+        1 => key.clone().prop_map(|key| Op::Refresh { key }),
         1 => (key.clone(), 1..=3u64).prop_map(|(key, hash)| Op::Insert { key, hash }),
         1 => key.prop_map(|key| Op::Invalidate { key }),
         1 => prop::sample::select(&PREFIXES[..]).prop_map(|prefix| Op::InvalidatePrefix { prefix }),
@@ -124,15 +142,17 @@ fn config() -> impl Strategy<Value = Config> {
         prop::sample::select(vec![0u64, 4_000, 9_000]),
         prop::sample::select(vec![0u64, 3_000]),
         prop::sample::select(vec![0u64, 2_500]),
+        prop::sample::select(vec![0u64, 2_000]),
         prop::collection::vec(hook, 1..=4),
     )
-        .prop_map(|(max_entries, ttl_ms, idle_ms, sweep_ms, hooks)| Config {
+        .prop_map(|(max_entries, ttl_ms, idle_ms, sweep_ms, refresh_ms, hooks)| Config {
             max_entries,
             ttl_ms,
             idle_ms,
             sweep_ms,
             create_timeout_ms: 3_000,
             dispose_timeout_ms: 2_000,
+            refresh_ms,
             hooks,
         })
 }
@@ -270,6 +290,7 @@ async fn spawn_pool(cfg: &Config, fake: &Arc<Fake>) -> Pool<Client> {
         .sweep_interval(Duration::from_millis(cfg.sweep_ms))
         .create_timeout(Duration::from_millis(cfg.create_timeout_ms))
         .dispose_timeout(Duration::from_millis(cfg.dispose_timeout_ms))
+        .refresh_after(Duration::from_millis(cfg.refresh_ms))
         .restart_policy(RestartPolicy::never())
         .on_dispose(move |key: String, client: Client| {
             let fake = hook_fake.clone();
@@ -334,6 +355,8 @@ struct Driver {
     pool: Pool<Client>,
     fake: Arc<Fake>,
     callers: Vec<Real>,
+    /// The pending `refresh` call, if any.
+    refresher: Option<JoinHandle<Result<bool, PoolError>>>,
 }
 
 /// Yields to the runtime until every message already sent has been handled (no time passes).
@@ -344,6 +367,11 @@ async fn settle() {
 }
 
 impl Driver {
+    fn hold(&mut self, caller: usize, lease: Lease<Client>) {
+        *self.fake.held.lock().unwrap().entry(lease.serial as u64).or_default() += 1;
+        self.callers[caller] = Real::Holding(lease);
+    }
+
     fn drop_lease(&mut self, caller: usize) {
         if let Real::Holding(lease) = &self.callers[caller] {
             let serial = lease.serial as u64;
@@ -391,6 +419,7 @@ async fn run_case(cfg: Config, ops: Vec<Op>) {
         pool,
         fake: fake.clone(),
         callers: (0..CALLERS).map(|_| Real::Idle).collect(),
+        refresher: None,
     };
 
     for (step, op) in ops.iter().enumerate() {
@@ -417,6 +446,22 @@ async fn run_case(cfg: Config, ops: Vec<Op>) {
                 settle().await;
                 model.get(&*fake, caller, key, hash, build);
             }
+            Op::Lookup { caller, key, hash } => {
+                if matches!(d.callers[caller], Real::Pending(_)) {
+                    continue;
+                }
+                d.drop_lease(caller);
+                let got = d.pool.get(key, h(hash));
+                let serial = got.as_ref().map(|lease| lease.serial as u64);
+                if let Some(lease) = got {
+                    d.hold(caller, lease);
+                }
+                settle().await;
+                let want = model.lookup(caller, key, hash);
+                if model.ambiguous.is_none() {
+                    assert_eq!(serial, want, "step {step} {op:?}: what get() served");
+                }
+            }
             Op::Drop { caller } => {
                 if matches!(d.callers[caller], Real::Pending(_)) {
                     continue;
@@ -424,6 +469,38 @@ async fn run_case(cfg: Config, ops: Vec<Op>) {
                 d.drop_lease(caller);
                 settle().await;
                 model.release(caller);
+            }
+            Op::Retire { caller } => {
+                let Real::Holding(lease) = &d.callers[caller] else {
+                    continue;
+                };
+                let got = d.pool.retire(lease).await;
+                settle().await;
+                let want = model.retire_lease(&*fake, caller);
+                if model.ambiguous.is_none() {
+                    assert_eq!(got, want, "step {step} {op:?}: retire's answer");
+                }
+            }
+            Op::Refresh { key } => {
+                if d.refresher.is_some() {
+                    continue;
+                }
+                let pool = d.pool.clone();
+                let handle = tokio::spawn(async move { pool.refresh(key).await });
+                settle().await;
+                match model.refresh(&*fake, key) {
+                    Some(want) => {
+                        assert!(
+                            handle.is_finished(),
+                            "step {step} {op:?}: refresh still waiting, model says {want}"
+                        );
+                        let got = handle.await.unwrap().expect("refresh");
+                        if model.ambiguous.is_none() {
+                            assert_eq!(got, want, "step {step} {op:?}: refresh's answer");
+                        }
+                    }
+                    None => d.refresher = Some(handle),
+                }
             }
             Op::Insert { key, hash } => {
                 let serial = fake.serial();
@@ -458,6 +535,30 @@ async fn run_case(cfg: Config, ops: Vec<Op>) {
         }
         assert_eq!(fake.now_ms(), model.now, "step {step}: clocks agree");
         d.collect().await;
+        match d.refresher.take() {
+            Some(handle) if handle.is_finished() => {
+                let got = handle.await.unwrap().expect("refresh");
+                if model.ambiguous.is_none() {
+                    assert_eq!(
+                        model.refresher,
+                        Refresher::Done(got),
+                        "step {step} {op:?}: refresh's answer"
+                    );
+                }
+                model.refresher = Refresher::Idle;
+            }
+            Some(handle) => {
+                if model.ambiguous.is_none() {
+                    assert_eq!(
+                        model.refresher,
+                        Refresher::Pending,
+                        "step {step} {op:?}: refresh still waiting"
+                    );
+                }
+                d.refresher = Some(handle);
+            }
+            None => assert_ne!(model.refresher, Refresher::Pending, "step {step} {op:?}"),
+        }
         if model.ambiguous.is_some() {
             // From here the pool may correctly differ from the model; the
             // model-free invariants are still checked, and shutdown below.
@@ -576,6 +677,7 @@ async fn check_against_model(d: &Driver, m: &Model, step: usize, op: &Op) {
         s.capacity_overshoot,
         s.live_leases,
         s.builds_in_flight,
+        s.refreshes,
     );
     let want = (
         c.hits,
@@ -586,11 +688,12 @@ async fn check_against_model(d: &Driver, m: &Model, step: usize, op: &Op) {
         c.capacity_overshoot,
         m.live_leases(),
         m.builds_in_flight(),
+        c.refreshes,
     );
     assert_eq!(
         got,
         want,
-        "(hits, misses, builds, build_failures, inserts, capacity_overshoot, live_leases, builds_in_flight); {}",
+        "(hits, misses, builds, build_failures, inserts, capacity_overshoot, live_leases, builds_in_flight, refreshes); {}",
         ctx()
     );
     let rt = &s.retirements;
@@ -602,7 +705,8 @@ async fn check_against_model(d: &Driver, m: &Model, step: usize, op: &Op) {
             rt.credentials,
             rt.invalidated,
             rt.replaced,
-            rt.shutdown
+            rt.shutdown,
+            rt.refreshed
         ),
         (
             r("ttl"),
@@ -611,9 +715,10 @@ async fn check_against_model(d: &Driver, m: &Model, step: usize, op: &Op) {
             r("credentials"),
             r("invalidated"),
             r("replaced"),
-            0
+            0,
+            r("refreshed")
         ),
-        "retirements (ttl, idle, capacity, credentials, invalidated, replaced, shutdown); {}",
+        "retirements (ttl, idle, capacity, credentials, invalidated, replaced, shutdown, refreshed); {}",
         ctx()
     );
     // Disposals count when the hook is done: at once, or after dispose_timeout for a hanging hook.
@@ -654,6 +759,11 @@ async fn shutdown_and_check(mut d: Driver, cfg: &Config) {
     assert!(shutdown.is_finished(), "shutdown never finished");
     let report = shutdown.await.unwrap().expect("shutdown report");
     d.collect().await;
+    if let Some(refresher) = d.refresher.take() {
+        assert!(refresher.is_finished(), "a refresh still waiting after shutdown");
+        let answer = refresher.await.unwrap();
+        assert!(matches!(answer, Ok(_) | Err(PoolError::ShutDown)), "{answer:?}");
+    }
     for (i, caller) in d.callers.iter().enumerate() {
         match caller {
             Real::Pending(_) => panic!("caller {i} still waiting after shutdown"),
