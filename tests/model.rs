@@ -7,6 +7,18 @@
 //! against the plain sequential model in `common/reference.rs` and against
 //! the contract's invariants.
 //!
+//! # Concurrent readers
+//!
+//! While a get, insert, invalidation, prefix invalidation, `retire` or
+//! `refresh` runs, a reader task looks a key up with `Pool::get` again and
+//! again, holding each lease across a scheduler turn (so its reads land
+//! between the actors' steps, not only before or after the operation). Its
+//! leases must be of the key and credentials asked for and are never
+//! disposed while held; a lookup that started after the operation returned
+//! never gets an instance the operation retired; its hits and their use of
+//! the key go into the model. Readers of every key also race the final
+//! shutdown.
+//!
 //! Cases: 512 by default (about 10 s in debug on 2 cores, up to 59 steps
 //! each); set
 //! `WARMPOOL_PROPTEST_CASES` for more.
@@ -359,6 +371,104 @@ struct Driver {
     refresher: Option<JoinHandle<Result<bool, PoolError>>>,
 }
 
+/// A hot caller that looks one key up with `Pool::get` again and again
+/// while an operation runs, holding each lease across a yield: the
+/// concurrent reader of the read view, racing invalidation, prefix
+/// invalidation, `insert`, `retire`, `refresh`, a credentials rotation and
+/// capacity eviction.
+struct Reader {
+    done: Arc<std::sync::atomic::AtomicBool>,
+    task: JoinHandle<Vec<(u64, bool)>>,
+    key: &'static str,
+}
+
+/// Lookups one reader makes per operation.
+const READS: usize = 40;
+
+/// Lets the other ready tasks (the actors handling the operation) run one
+/// poll each, then resumes. Not `yield_now`: tokio defers a yielding task
+/// until every other task is idle, so a reader would only ever see the
+/// state before an operation or after it, never the moments in between.
+async fn bounce() {
+    let mut bounced = false;
+    std::future::poll_fn(|cx| {
+        if bounced {
+            std::task::Poll::Ready(())
+        } else {
+            bounced = true;
+            cx.waker().wake_by_ref();
+            std::task::Poll::Pending
+        }
+    })
+    .await
+}
+
+impl Reader {
+    /// `hold`: keep each lease across a bounce (while the operation runs).
+    /// Not while a new key may be admitted: a lease held during the
+    /// eviction walk makes its key unevictable at a moment the model
+    /// cannot place.
+    fn start(d: &Driver, key: &'static str, hash: u64, hold: bool) -> Reader {
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (pool, fake, flag) = (d.pool.clone(), d.fake.clone(), done.clone());
+        let task = tokio::spawn(async move {
+            let mut reads = Vec::new();
+            for _ in 0..READS {
+                let after = flag.load(SeqCst);
+                if let Some(lease) = pool.get(key, h(hash)) {
+                    let serial = lease.serial as u64;
+                    let created = fake.created.lock().unwrap().get(&serial).cloned();
+                    if created != Some((key.to_string(), hash)) || lease.hash != h(hash) {
+                        fake.violation(format!(
+                            "isolation: get({key}, {hash}) served serial {serial}, built as {created:?}"
+                        ));
+                    }
+                    *fake.held.lock().unwrap().entry(serial).or_default() += 1;
+                    reads.push((serial, after));
+                    if hold {
+                        bounce().await;
+                    }
+                    *fake.held.lock().unwrap().get_mut(&serial).unwrap() -= 1;
+                    drop(lease);
+                }
+                bounce().await;
+            }
+            reads
+        });
+        Reader { done, task, key }
+    }
+
+    /// Marks the operation as returned: reads from now on start after it.
+    fn returned(&self) {
+        self.done.store(true, SeqCst);
+    }
+
+    /// Waits for the reader (it ends within a `settle`) and tells the model
+    /// what it read, before the model runs the operation.
+    async fn finish(self, model: &mut Model) -> Vec<(u64, bool)> {
+        settle().await;
+        assert!(self.task.is_finished(), "the reader never finished");
+        let reads = self.task.await.unwrap();
+        model.raced_by(self.key, reads.iter().map(|(serial, _)| *serial).collect());
+        reads
+    }
+}
+
+/// After the model ran the operation: a lookup that started after the call
+/// returned was not served an instance the call retired (contract 7).
+fn check_reads(model: &mut Model, reads: &[(u64, bool)], step: usize, op: &Op) {
+    model.settle_race();
+    if model.ambiguous.is_some() {
+        return;
+    }
+    for (serial, after) in reads {
+        assert!(
+            !*after || !model.instances[serial].retired,
+            "step {step} {op:?}: a lookup that started after the call returned got retired serial {serial}"
+        );
+    }
+}
+
 /// Yields to the runtime until every message already sent has been handled (no time passes).
 async fn settle() {
     for _ in 0..300 {
@@ -439,12 +549,20 @@ async fn run_case(cfg: Config, ops: Vec<Op>) {
                     continue;
                 }
                 d.drop_lease(caller);
+                // The key itself: a rotation races it. (Not another key: its
+                // hits and this call's would be uses at one instant, which
+                // the supervisor orders by their earlier recency, not by
+                // when they happened, and the model cannot tell which came
+                // first. Evictions racing readers are covered by
+                // `tests/read_view.rs`.)
+                let reader = Reader::start(&d, key, model.current_hash(key).unwrap_or(1), true);
                 let pool = d.pool.clone();
                 let f = factory(&fake, key, hash, build);
                 d.callers[caller] =
                     Real::Pending(tokio::spawn(async move { pool.get_or_create(key, h(hash), f).await }));
-                settle().await;
+                let reads = reader.finish(&mut model).await;
                 model.get(&*fake, caller, key, hash, build);
+                check_reads(&mut model, &reads, step, op);
             }
             Op::Lookup { caller, key, hash } => {
                 if matches!(d.callers[caller], Real::Pending(_)) {
@@ -474,21 +592,33 @@ async fn run_case(cfg: Config, ops: Vec<Op>) {
                 let Real::Holding(lease) = &d.callers[caller] else {
                     continue;
                 };
+                let (key, hash) = KEYS
+                    .iter()
+                    .map(|k| (*k, lease.hash))
+                    .find(|(k, _)| *k == lease.key)
+                    .expect("a known key");
+                let hash = (1..=3).find(|n| h(*n) == hash).expect("a known hash");
+                let reader = Reader::start(&d, key, hash, true);
                 let got = d.pool.retire(lease).await;
-                settle().await;
+                reader.returned();
+                let reads = reader.finish(&mut model).await;
                 let want = model.retire_lease(&*fake, caller);
                 if model.ambiguous.is_none() {
                     assert_eq!(got, want, "step {step} {op:?}: retire's answer");
                 }
+                check_reads(&mut model, &reads, step, op);
             }
             Op::Refresh { key } => {
                 if d.refresher.is_some() {
                     continue;
                 }
+                let reader = Reader::start(&d, key, model.current_hash(key).unwrap_or(1), true);
                 let pool = d.pool.clone();
                 let handle = tokio::spawn(async move { pool.refresh(key).await });
-                settle().await;
-                match model.refresh(&*fake, key) {
+                let reads = reader.finish(&mut model).await;
+                let answer = model.refresh(&*fake, key);
+                check_reads(&mut model, &reads, step, op);
+                match answer {
                     Some(want) => {
                         assert!(
                             handle.is_finished(),
@@ -510,21 +640,32 @@ async fn run_case(cfg: Config, ops: Vec<Op>) {
                     hash: h(hash),
                     serial: serial as usize,
                 };
+                let reader = Reader::start(&d, key, model.current_hash(key).unwrap_or(1), true);
                 d.pool.insert(key, h(hash), client).await.expect("insert");
-                settle().await;
+                reader.returned();
+                let reads = reader.finish(&mut model).await;
                 model.insert(&*fake, key, hash, serial);
+                check_reads(&mut model, &reads, step, op);
             }
             Op::Invalidate { key } => {
+                let reader = Reader::start(&d, key, model.current_hash(key).unwrap_or(1), true);
                 let got = d.pool.invalidate(key).await.expect("invalidate");
-                settle().await;
+                reader.returned();
+                let reads = reader.finish(&mut model).await;
                 let want = model.invalidate(&*fake, key);
                 assert_eq!(got, want, "step {step} {op:?}: invalidate's answer");
+                check_reads(&mut model, &reads, step, op);
             }
             Op::InvalidatePrefix { prefix } => {
+                // Some read key the prefix names, some it does not.
+                let key = KEYS[step % KEYS.len()];
+                let reader = Reader::start(&d, key, model.current_hash(key).unwrap_or(1), true);
                 let got = d.pool.invalidate_by_prefix(prefix).await.expect("invalidate_by_prefix");
-                settle().await;
+                reader.returned();
+                let reads = reader.finish(&mut model).await;
                 let want = model.invalidate_by_prefix(&*fake, prefix);
                 assert_eq!(got, want, "step {step} {op:?}: invalidate_by_prefix's answer");
+                check_reads(&mut model, &reads, step, op);
             }
             Op::Advance { secs } => {
                 let by = secs * 1_000 + 7;
@@ -743,10 +884,25 @@ async fn check_against_model(d: &Driver, m: &Model, step: usize, op: &Op) {
 /// instance was disposed or reported, and is disposed exactly once after the
 /// leases are dropped.
 async fn shutdown_and_check(mut d: Driver, cfg: &Config) {
+    // Readers of every key race the shutdown: each lease they get is of its
+    // own key and credentials (checked in the reader) and none is disposed
+    // while they hold it (checked by the hook).
+    let readers: Vec<Reader> = KEYS.iter().map(|key| Reader::start(&d, key, 1, true)).collect();
     let shutdown = {
         let pool = d.pool.clone();
         tokio::spawn(async move { pool.shutdown(Duration::from_secs(1)).await })
     };
+    settle().await;
+    for reader in readers {
+        assert!(reader.task.is_finished(), "a reader never finished");
+        reader.task.await.unwrap();
+    }
+    for key in KEYS {
+        assert!(
+            d.pool.get(key, h(1)).is_none(),
+            "`{key}` served by a pool that is shutting down"
+        );
+    }
     // Builds in flight finish or time out within create_timeout; then the
     // drain waits up to its 1 s deadline for hanging hooks.
     for _ in 0..10 {

@@ -179,6 +179,8 @@ pub struct Instance {
     pub key: &'static str,
     pub hash: u64,
     pub retired: bool,
+    /// Retired because a refresh replaced it (its uses pass to the new one).
+    pub refreshed: bool,
     /// When its dispose hook started.
     pub disposed_at: Option<Ms>,
 }
@@ -213,6 +215,8 @@ pub struct Model {
     /// alone (see the module docs); holds the reason.
     pub ambiguous: Option<String>,
     pub refresher: Refresher,
+    /// A racing reader's hits, not yet seen by the supervisor (`raced_by`).
+    race: Option<(&'static str, Vec<u64>)>,
     /// Hits that found their key's instance due for refresh-ahead; each
     /// served caller then asks for the refresh (through the supervisor).
     due_refresh: Vec<(&'static str, u64)>,
@@ -250,6 +254,7 @@ impl Model {
             instances: BTreeMap::new(),
             ambiguous: None,
             refresher: Refresher::Idle,
+            race: None,
             due_refresh: Vec::new(),
         }
     }
@@ -299,7 +304,9 @@ impl Model {
 
     fn retire_serial(&mut self, serial: u64, cause: RetireCause) {
         *self.counts.retired.entry(cause_name(cause)).or_default() += 1;
-        self.instances.get_mut(&serial).expect("known instance").retired = true;
+        let inst = self.instances.get_mut(&serial).expect("known instance");
+        inst.retired = true;
+        inst.refreshed = cause == RetireCause::Refreshed;
         self.maybe_dispose(serial);
     }
 
@@ -384,6 +391,46 @@ impl Model {
         self.keys.get_mut(key).unwrap().routed_at = now;
         self.serve(caller, key, hash, serial);
         Some(serial)
+    }
+
+    /// The credentials hash of the key's current instance.
+    pub fn current_hash(&self, key: &str) -> Option<u64> {
+        self.keys.get(key)?.current.as_ref().map(|c| c.hash)
+    }
+
+    /// Lookups by a concurrent reader racing the next operation, which
+    /// were served `serials` of `key` (all at this instant). Each is a hit.
+    /// Their use of the key is applied when the supervisor would see it:
+    /// at the eviction walk of an admission during the operation (see
+    /// `route`), else after it (`settle_race`).
+    pub fn raced_by(&mut self, key: &'static str, serials: Vec<u64>) {
+        self.counts.hits += serials.len() as u64;
+        self.race = Some((key, serials));
+    }
+
+    /// Applies the racing reader's use of its key, if not applied yet.
+    pub fn settle_race(&mut self) {
+        if let Some((key, serials)) = self.race.take() {
+            self.reader_touch(key, &serials);
+        }
+    }
+
+    /// A hit on what is now the key's instance, or on one a refresh
+    /// replaced (whose recorded uses the new one takes over), is a use of
+    /// the key; a hit on an instance retired since left with it.
+    fn reader_touch(&mut self, key: &'static str, serials: &[u64]) {
+        let Some(cur) = self.keys.get(key).and_then(|k| k.current.as_ref()) else {
+            return;
+        };
+        let used = serials.iter().any(|s| *s == cur.serial || self.instances[s].refreshed);
+        if used {
+            let now = self.now;
+            self.lru.retain(|k| *k != key);
+            self.lru.push(key);
+            let k = self.keys.get_mut(key).unwrap();
+            k.routed_at = now;
+            k.current.as_mut().unwrap().last_used = now;
+        }
     }
 
     /// `Pool::retire(&lease)` of the caller's lease; returns its answer.
@@ -486,6 +533,7 @@ impl Model {
                 key,
                 hash,
                 retired: false,
+                refreshed: false,
                 disposed_at: None,
             },
         );
@@ -629,6 +677,8 @@ impl Model {
                 },
             );
             self.lru.push(key);
+            // The walk re-reads hits it finds recorded on the way.
+            self.settle_race();
             self.enforce();
             if self.resident_count() > self.cfg.max_entries {
                 self.counts.capacity_overshoot += 1;
@@ -643,6 +693,7 @@ impl Model {
         if k.retiring {
             // A call to a key being retired keeps it (the actor serves it
             // after the retirement): admitted again, sparing the key.
+            self.settle_race();
             while self.resident_count() + 1 > self.cfg.max_entries && self.evict_one() {}
             self.keys.get_mut(key).unwrap().retiring = false;
             if self.resident_count() > self.cfg.max_entries {
@@ -846,6 +897,7 @@ impl Model {
                     key,
                     hash: b.hash,
                     retired: false,
+                    refreshed: false,
                     disposed_at: None,
                 },
             );
