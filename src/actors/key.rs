@@ -129,6 +129,16 @@ enum Reported {
     Idle(u64),
 }
 
+/// Whether a key actor serves, or is shutting down.
+enum KeyPhase {
+    Serving,
+    /// Refusing new work; `reply` (the supervisor's `Shutdown`) is answered
+    /// once no build is in flight, and then taken.
+    ShuttingDown {
+        reply: Option<RpcReplyPort<u64>>,
+    },
+}
+
 /// The key actor's state.
 pub(crate) struct KeyState<T: Send + Sync + 'static> {
     key: Arc<str>,
@@ -145,9 +155,7 @@ pub(crate) struct KeyState<T: Send + Sync + 'static> {
     seen: u64,
     reported: Reported,
     next_attempt: u64,
-    /// Set by `Shutdown`: answered once no build is in flight.
-    shutdown: Option<RpcReplyPort<u64>>,
-    shutting_down: bool,
+    phase: KeyPhase,
     retired_by_shutdown: u64,
     /// The highest configuration version an instance of this key was
     /// published for; builds are made for it, and a rebuild for an older
@@ -162,6 +170,10 @@ pub(crate) struct KeyState<T: Send + Sync + 'static> {
 }
 
 impl<T: Send + Sync + 'static> KeyState<T> {
+    fn shutting_down(&self) -> bool {
+        matches!(self.phase, KeyPhase::ShuttingDown { .. })
+    }
+
     fn metrics(&self) -> &Metrics {
         &self.shared.metrics
     }
@@ -169,7 +181,7 @@ impl<T: Send + Sync + 'static> KeyState<T> {
     /// Serves `request` from the current instance, or joins or starts a build.
     fn request(&mut self, myself: &ActorRef<KeyMsg<T>>, request: Request<T>) {
         let now = Instant::now();
-        if self.shutting_down {
+        if self.shutting_down() {
             request.answer(Err(PoolError::ShutDown));
             return;
         }
@@ -381,13 +393,13 @@ impl<T: Send + Sync + 'static> KeyState<T> {
                     self.refresh_failures = 0;
                 }
                 build.answer_refresh(&Ok(true));
-                if self.shutting_down {
+                if self.shutting_down() {
                     self.retire_current(RetireCause::Shutdown);
                 }
             }
             Err(error) if build.is_background() => self.refresh_failed(myself, build, error, now),
             Err(error) => {
-                let verdict = if self.shutting_down {
+                let verdict = if self.shutting_down() {
                     Verdict::GiveUp
                 } else {
                     self.restart.failure(
@@ -428,7 +440,7 @@ impl<T: Send + Sync + 'static> KeyState<T> {
     fn refresh_failed(&mut self, myself: &ActorRef<KeyMsg<T>>, mut build: Build<T>, error: PoolError, now: Instant) {
         let policy = &self.shared.settings.restart_policy;
         let delay = policy.backoff(build.retries_done);
-        if !self.shutting_down
+        if !self.shutting_down()
             && build.retries_done < policy.max_retries
             && Deadline::after(now, delay) != Deadline::Never
         {
@@ -455,7 +467,7 @@ impl<T: Send + Sync + 'static> KeyState<T> {
 
     /// What a `Pool::refresh` caller gets when its rebuild was dropped.
     fn refresh_declined(&self) -> Result<bool, PoolError> {
-        if self.shutting_down {
+        if self.shutting_down() {
             Err(PoolError::ShutDown)
         } else {
             Ok(false)
@@ -480,7 +492,7 @@ impl<T: Send + Sync + 'static> KeyState<T> {
                 let _ = reply.send(result);
             }
         };
-        if self.shutting_down {
+        if self.shutting_down() {
             return answer(reply, Err(PoolError::ShutDown));
         }
         let Some(current) = self.current.as_ref() else {
@@ -580,6 +592,7 @@ impl<T: Send + Sync + 'static> KeyState<T> {
     }
 
     fn retry(&mut self, myself: &ActorRef<KeyMsg<T>>, attempt: u64) {
+        let shutting_down = self.shutting_down();
         let Some(build) = self.build.as_mut() else { return };
         if build.attempt != attempt || build.running {
             return;
@@ -587,7 +600,7 @@ impl<T: Send + Sync + 'static> KeyState<T> {
         // A refresh whose instance was retired during the backoff has nothing
         // left to replace.
         let dropped = build.is_background() && build.stale.is_some();
-        if self.shutting_down || dropped {
+        if shutting_down || dropped {
             let mut build = self.build.take().expect("checked above");
             build.answer_refresh(&self.refresh_declined());
             for waiter in build.waiters {
@@ -610,7 +623,7 @@ impl<T: Send + Sync + 'static> KeyState<T> {
             self.shared.disposer.clone(),
             self.shared.metrics.clone(),
         );
-        if self.shutting_down {
+        if self.shutting_down() {
             drop(instance); // the pool owns it now: it is disposed like any other
         } else {
             self.retire_current(RetireCause::Replaced);
@@ -622,7 +635,7 @@ impl<T: Send + Sync + 'static> KeyState<T> {
             self.set_current(instance, insert.hash, expires_at, insert.fence, None, insert.ttl);
         }
         if let Some(reply) = insert.reply {
-            let result = if self.shutting_down {
+            let result = if self.shutting_down() {
                 Err(PoolError::ShutDown)
             } else {
                 Ok(())
@@ -684,7 +697,7 @@ impl<T: Send + Sync + 'static> KeyState<T> {
     ) {
         let version = instance.version;
         let entry = Published::new(instance, hash, expires_at, Instant::now(), &self.shared.view);
-        let published = !self.shutting_down && self.shared.view.publish(self.key.clone(), &entry, fence);
+        let published = !self.shutting_down() && self.shared.view.publish(self.key.clone(), &entry, fence);
         self.current = Some(Current {
             entry,
             published,
@@ -698,10 +711,11 @@ impl<T: Send + Sync + 'static> KeyState<T> {
     /// The supervisor has sent every retirement that predates it: publish
     /// the instance if it is still current.
     fn publish(&mut self, instance: InstanceId, fence: u64) {
+        let shutting_down = self.shutting_down();
         if let Some(current) = self.current.as_mut()
             && !current.published
             && current.entry.id == instance
-            && !self.shutting_down
+            && !shutting_down
         {
             current.published = self.shared.view.publish(self.key.clone(), &current.entry, fence);
             if current.published {
@@ -746,8 +760,7 @@ impl<T: Send + Sync + 'static> KeyState<T> {
     }
 
     fn begin_shutdown(&mut self, reply: RpcReplyPort<u64>) {
-        self.shutting_down = true;
-        self.shutdown = Some(reply);
+        self.phase = KeyPhase::ShuttingDown { reply: Some(reply) };
         self.retire_current(RetireCause::Shutdown);
         for request in self.queued.drain(..) {
             request.answer(Err(PoolError::ShutDown));
@@ -774,9 +787,9 @@ impl<T: Send + Sync + 'static> KeyState<T> {
 
     /// Tells the supervisor what changed, and finishes a shutdown.
     fn after_message(&mut self, myself: &ActorRef<KeyMsg<T>>) {
-        if self.shutting_down {
+        if let KeyPhase::ShuttingDown { reply } = &mut self.phase {
             if self.build.is_none()
-                && let Some(reply) = self.shutdown.take()
+                && let Some(reply) = reply.take()
             {
                 for request in self.queued.drain(..) {
                     request.answer(Err(PoolError::ShutDown));
@@ -854,8 +867,7 @@ impl<T: Send + Sync + 'static> Actor for KeyActor<T> {
             seen: 0,
             reported: Reported::Nothing,
             next_attempt: 0,
-            shutdown: None,
-            shutting_down: false,
+            phase: KeyPhase::Serving,
             retired_by_shutdown: 0,
             version: 0,
             deferred_refreshes: Vec::new(),

@@ -98,6 +98,16 @@ struct Used {
     seq: u64,
 }
 
+/// Whether a key counts against `max_entries`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Standing {
+    /// Counted.
+    Resident,
+    /// Chosen for eviction or invalidated (or not admitted yet): its actor
+    /// is retiring it, and a report or a call may make it resident again.
+    Leaving,
+}
+
 /// A retirement decided but not sent yet (see `Entry::pending`).
 #[derive(Debug, Clone, Copy)]
 struct Retirement {
@@ -119,8 +129,9 @@ struct Entry<T: Send + Sync + 'static> {
     /// the true last use.
     used: Used,
     view: View<T>,
-    /// Chosen for eviction or invalidated; no longer counted as resident.
-    retiring: bool,
+    /// Whether the key counts against `max_entries` (changed only through
+    /// `SupervisorState::stand`, which keeps `resident` in step).
+    standing: Standing,
     /// A `Retire` decided but not sent yet (see `SupervisorState::paced`).
     /// It is sent before anything else reaches the actor, so a caller never
     /// gets past it.
@@ -149,7 +160,7 @@ impl<T: Send + Sync + 'static> Entry<T> {
     }
 
     fn evictable(&self) -> bool {
-        !self.retiring
+        self.standing == Standing::Resident
             && match &self.view {
                 View::Busy => false,
                 View::Idle => true,
@@ -178,7 +189,7 @@ pub struct SupervisorState<T: Send + Sync + 'static> {
     /// Failure history of keys whose actor is gone (ordered for prefix
     /// invalidation); cooling keys are answered from here without an actor.
     dormant: BTreeMap<Arc<str>, RestartState>,
-    /// Entries not retiring.
+    /// Entries whose standing is `Resident`.
     resident: usize,
     /// Keys whose `Retire` is pending, oldest first. A sweep tick or a prefix
     /// invalidation can retire thousands of keys at once; sending all their
@@ -229,7 +240,8 @@ impl<T: Send + Sync + 'static> SupervisorState<T> {
                 sent: 0,
                 used,
                 view: View::Busy,
-                retiring: false,
+                // Counted by `admit`, below.
+                standing: Standing::Leaving,
                 pending: None,
             },
         );
@@ -241,7 +253,7 @@ impl<T: Send + Sync + 'static> SupervisorState<T> {
     /// call keeps) and trims the pool back to its cap, sparing `key`, which
     /// a call is about to use.
     fn admit(&mut self, key: &Arc<str>) {
-        self.resident += 1;
+        self.stand(key, Standing::Resident);
         self.enforce_capacity(ADMISSION_SCAN, Some(key));
         if self.resident > self.shared.settings.max_entries {
             Metrics::bump(&self.metrics().capacity_overshoot);
@@ -300,8 +312,7 @@ impl<T: Send + Sync + 'static> SupervisorState<T> {
         self.recency.remove(&(entry.used, key.clone()));
         entry.used = used;
         self.recency.insert((used, key.clone()));
-        let kept = std::mem::take(&mut entry.retiring);
-        if kept {
+        if entry.standing == Standing::Leaving {
             // The actor serves this call after retiring: the key stays, and
             // counts against the cap like a new key.
             self.admit(key);
@@ -359,19 +370,33 @@ impl<T: Send + Sync + 'static> SupervisorState<T> {
         {
             self.deadlines.remove(&(at, instance, key.clone()));
         }
-        if !entry.retiring {
+        if entry.standing == Standing::Resident {
             self.resident -= 1;
         }
         Some(entry)
     }
 
+    /// Sets `key`'s standing, keeping `resident` in step: the one place
+    /// that count changes, apart from `forget`.
+    fn stand(&mut self, key: &Arc<str>, standing: Standing) {
+        let Some(entry) = self.entries.get_mut(key) else { return };
+        match (std::mem::replace(&mut entry.standing, standing), standing) {
+            (Standing::Leaving, Standing::Resident) => self.resident += 1,
+            (Standing::Resident, Standing::Leaving) => self.resident -= 1,
+            _ => {}
+        }
+    }
+
     fn report(&mut self, key: Arc<str>, actor: ActorId, report: KeyReport<T>) {
-        let Some(entry) = self.entries.get_mut(&key) else {
-            return;
-        };
-        if entry.actor.get_id() != actor {
+        if self.entries.get(&key).is_none_or(|e| e.actor.get_id() != actor) {
             return; // from an actor this key no longer uses
         }
+        // Chosen for eviction from a view that was already out of date: the
+        // key is busy or has a new instance, so it stays resident.
+        if !matches!(report, KeyReport::Idle { .. } | KeyReport::Building { serving: false }) {
+            self.stand(&key, Standing::Resident);
+        }
+        let entry = self.entries.get_mut(&key).expect("checked above");
         if let View::Ready {
             instance,
             expires_at: Some(at),
@@ -384,12 +409,6 @@ impl<T: Send + Sync + 'static> SupervisorState<T> {
             // The actor started a build or has a new instance that a pending
             // invalidation predates: it must not wait for its turn.
             entry.flush_pending();
-        }
-        if entry.retiring && !matches!(report, KeyReport::Idle { .. } | KeyReport::Building { serving: false }) {
-            // Chosen for eviction from a view that was already out of date:
-            // the key is busy or has a new instance, so it stays resident.
-            entry.retiring = false;
-            self.resident += 1;
         }
         match report {
             KeyReport::Building { .. } => entry.view = View::Busy,
@@ -454,7 +473,7 @@ impl<T: Send + Sync + 'static> SupervisorState<T> {
         let keys = self
             .ordered
             .iter()
-            .filter(|k| self.entries.get(*k).is_some_and(|e| !e.retiring))
+            .filter(|k| self.entries.get(*k).is_some_and(|e| e.standing == Standing::Resident))
             .cloned()
             .collect();
         stats.cooling_keys = self

@@ -9,7 +9,7 @@ use std::time::Duration;
 use ractor::{ActorRef, RpcReplyPort};
 use tokio::time::Instant;
 
-use super::{Retirement, SupervisorState, Used, View};
+use super::{Retirement, Standing, SupervisorState, Used, View};
 use crate::messages::{KeyMsg, RetireTarget, SupervisorInternal, SupervisorMsg};
 use crate::stats::RetireCause;
 
@@ -55,12 +55,11 @@ impl<T: Send + Sync + 'static> SupervisorState<T> {
                 fence: fence.max(earlier),
             });
         }
-        if invalidation && !entry.retiring {
-            entry.retiring = true;
-            self.resident -= 1;
-        }
         if newly {
             self.paced.push_back(key.clone());
+        }
+        if invalidation {
+            self.stand(key, Standing::Leaving);
         }
     }
 
@@ -135,8 +134,8 @@ impl<T: Send + Sync + 'static> SupervisorState<T> {
                 break key;
             }
         };
+        self.stand(&victim, Standing::Leaving);
         let entry = self.entries.get_mut(&victim).expect("just found");
-        entry.retiring = true;
         let target = match entry.view {
             View::Ready { instance, .. } => RetireTarget::Instance(instance),
             _ => RetireTarget::Nothing,
@@ -147,7 +146,6 @@ impl<T: Send + Sync + 'static> SupervisorState<T> {
             fence: None,
             reply: None,
         });
-        self.resident -= 1;
         true
     }
 
