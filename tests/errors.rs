@@ -66,7 +66,10 @@ where
 async fn display_leaves_the_cause_to_source() {
     let err = failure(2, refused).await;
     assert_eq!(err.to_string(), "factory for key `acme:openai` failed after 3 attempts");
-    assert_eq!(err.source().map(ToString::to_string).as_deref(), Some("connection refused"));
+    assert_eq!(
+        err.source().map(ToString::to_string).as_deref(),
+        Some("connection refused")
+    );
 
     let once = failure(0, refused).await;
     assert_eq!(once.to_string(), "factory for key `acme:openai` failed after 1 attempt");
@@ -101,7 +104,10 @@ async fn io_error_downcasts() {
         err.factory_error::<io::Error>().map(io::Error::kind),
         Some(io::ErrorKind::ConnectionRefused)
     );
-    assert!(err.factory_error::<QuotaExceeded>().is_none(), "only errors of the asked type");
+    assert!(
+        err.factory_error::<QuotaExceeded>().is_none(),
+        "only errors of the asked type"
+    );
 
     // A caller that turned the pool's error into anyhow's finds both.
     let caller = anyhow::Error::new(err);
@@ -126,7 +132,10 @@ async fn custom_error_downcasts() {
 #[tokio::test(start_paused = true)]
 async fn anyhow_error_keeps_its_text_not_its_type() {
     let err = failure(0, || anyhow::Error::from(refused())).await;
-    assert_eq!(err.source().map(ToString::to_string).as_deref(), Some("connection refused"));
+    assert_eq!(
+        err.source().map(ToString::to_string).as_deref(),
+        Some("connection refused")
+    );
     assert!(err.source().and_then(|s| s.downcast_ref::<io::Error>()).is_none());
     assert!(err.factory_error::<io::Error>().is_none());
 }
@@ -178,7 +187,10 @@ async fn anyhow_context_is_found_down_the_chain() {
 #[tokio::test(start_paused = true)]
 async fn anyhow_message_is_text_only() {
     let err = failure(0, || anyhow::anyhow!("tenant suspended")).await;
-    assert_eq!(err.source().map(ToString::to_string).as_deref(), Some("tenant suspended"));
+    assert_eq!(
+        err.source().map(ToString::to_string).as_deref(),
+        Some("tenant suspended")
+    );
     assert!(err.factory_error::<io::Error>().is_none());
 }
 
@@ -199,13 +211,20 @@ async fn no_error_shows_a_credential() {
     errors.push(pool.get_or_create("t:down", hash, fail).await.unwrap_err());
     errors.push(pool.get_or_create("t:down", hash, fail).await.unwrap_err());
     let panics = || async { panic!("provider exploded") };
-    errors.push(pool.get_or_create::<_, _, io::Error>("t:panics", hash, panics).await.unwrap_err());
+    errors.push(
+        pool.get_or_create::<_, _, io::Error>("t:panics", hash, panics)
+            .await
+            .unwrap_err(),
+    );
     let hangs = || futures::future::pending::<Result<String, io::Error>>();
     errors.push(pool.get_or_create("t:hangs", hash, hangs).await.unwrap_err());
     pool.shutdown(Duration::from_secs(1)).await.unwrap();
     errors.push(pool.get_or_create("t:late", hash, fail).await.unwrap_err());
 
-    let kinds: Vec<_> = errors.iter().map(|e| format!("{e:?}").split([' ', '{']).next().map(str::to_owned)).collect();
+    let kinds: Vec<_> = errors
+        .iter()
+        .map(|e| format!("{e:?}").split([' ', '{']).next().map(str::to_owned))
+        .collect();
     assert_eq!(
         kinds.iter().flatten().map(String::as_str).collect::<Vec<_>>(),
         ["Factory", "CoolingDown", "FactoryPanicked", "Timeout", "ShutDown"],
