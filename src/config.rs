@@ -104,6 +104,10 @@ pub struct PoolConfig {
     pub create_timeout_ms: u64,
     /// Longest a dispose hook may run, in milliseconds; 0 is unbounded. Defaults to 10,000.
     pub dispose_timeout_ms: u64,
+    /// Refresh-ahead: an instance older than this many seconds is rebuilt in
+    /// the background on its next hit, while it keeps being served; 0 is off.
+    /// Defaults to 0.
+    pub refresh_seconds: u64,
 }
 
 impl Default for PoolConfig {
@@ -116,6 +120,7 @@ impl Default for PoolConfig {
             sweep_seconds: 60,
             create_timeout_ms: 30_000,
             dispose_timeout_ms: 10_000,
+            refresh_seconds: 0,
         }
     }
 }
@@ -178,8 +183,8 @@ impl PoolConfig {
     ///
     /// With prefix `P` (for example [`DEFAULT_ENV_PREFIX`]) it reads
     /// `P_TTL_SECONDS`, `P_TTL_MS` (wins over seconds), `P_IDLE_SECONDS`,
-    /// `P_MAX_ENTRIES`, `P_SWEEP_SECONDS`, `P_CREATE_TIMEOUT_MS` and
-    /// `P_DISPOSE_TIMEOUT_MS`; unset variables keep their default. A value that
+    /// `P_MAX_ENTRIES`, `P_SWEEP_SECONDS`, `P_CREATE_TIMEOUT_MS`,
+    /// `P_DISPOSE_TIMEOUT_MS` and `P_REFRESH_SECONDS` (capped like the TTL); unset variables keep their default. A value that
     /// is not a non-negative integer is an error naming the variable and the
     /// value; a value above [`ConfigCaps::default`] is clamped with a warning.
     pub fn from_env(prefix: &str) -> Result<PoolConfig, ConfigError> {
@@ -231,6 +236,7 @@ impl PoolConfig {
                 .unwrap_or(defaults.sweep_seconds),
             create_timeout_ms: read("CREATE_TIMEOUT_MS")?.unwrap_or(defaults.create_timeout_ms),
             dispose_timeout_ms: read("DISPOSE_TIMEOUT_MS")?.unwrap_or(defaults.dispose_timeout_ms),
+            refresh_seconds: given("REFRESH_SECONDS", "refresh_seconds", ttl_cap)?.unwrap_or(defaults.refresh_seconds),
         };
         Ok(config)
     }
@@ -254,6 +260,7 @@ impl PoolConfig {
         });
         self.idle_seconds = clamp("idle_seconds", self.idle_seconds, caps.max_idle.as_secs(), warn);
         self.sweep_seconds = clamp("sweep_seconds", self.sweep_seconds, caps.max_sweep.as_secs(), warn);
+        self.refresh_seconds = clamp("refresh_seconds", self.refresh_seconds, caps.max_ttl.as_secs(), warn);
         let entries_cap = u64::try_from(caps.max_entries).unwrap_or(u64::MAX);
         let entries = u64::try_from(self.max_entries).unwrap_or(u64::MAX);
         self.max_entries = usize::try_from(clamp("max_entries", entries, entries_cap, warn)).unwrap_or(usize::MAX);

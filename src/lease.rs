@@ -4,8 +4,11 @@ use std::fmt;
 use std::ops::Deref;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::time::Duration;
 
 use ractor::ActorRef;
+use tokio::time::Instant;
 
 use crate::messages::DisposerMsg;
 use crate::stats::Metrics;
@@ -34,14 +37,32 @@ pub(crate) struct Instance<T: Send + Sync + 'static> {
     value: Option<T>,
     pub(crate) id: InstanceId,
     pub(crate) key: Arc<str>,
+    /// When the factory returned it (or it was inserted).
+    pub(crate) created_at: Instant,
+    /// The configuration version it was built for (see `Pool::refresh_version`).
+    pub(crate) version: u64,
+    /// When its freshness was last checked, in nanoseconds after
+    /// `created_at` (a build counts as a check). Claimed by the caller that
+    /// runs the probe, when it starts (see `claim_probe`).
+    probed_at: AtomicU64,
+    /// Set by the first hit that finds it due for refresh-ahead, so that one
+    /// background rebuild starts, not one per hit; cleared by its key actor
+    /// when a failed rebuild's backoff has passed.
+    pub(crate) refresh_claimed: AtomicBool,
     disposer: ActorRef<DisposerMsg<T>>,
-    metrics: Arc<Metrics>,
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 impl<T: Send + Sync + 'static> Instance<T> {
     /// Wraps a freshly built value and registers it with the disposer, so a
     /// shutdown report can name it until it is disposed.
-    pub(crate) fn new(value: T, key: Arc<str>, disposer: ActorRef<DisposerMsg<T>>, metrics: Arc<Metrics>) -> Arc<Self> {
+    pub(crate) fn new(
+        value: T,
+        key: Arc<str>,
+        version: u64,
+        disposer: ActorRef<DisposerMsg<T>>,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
         let id = InstanceId(metrics.next_instance_id.fetch_add(1, Relaxed));
         // If the disposer is gone the pool is gone; the value is then simply
         // dropped by `Drop` below, so the send error needs no handling.
@@ -50,9 +71,43 @@ impl<T: Send + Sync + 'static> Instance<T> {
             value: Some(value),
             id,
             key,
+            created_at: Instant::now(),
+            version,
+            probed_at: AtomicU64::new(0),
+            refresh_claimed: AtomicBool::new(false),
             disposer,
             metrics,
         })
+    }
+
+    fn nanos_since_created(&self, now: Instant) -> u64 {
+        u64::try_from(now.saturating_duration_since(self.created_at).as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// Whether its freshness was last checked more than `interval` before
+    /// `now`; if so, records `now` as its last check and returns true, for
+    /// exactly one caller: every other caller sees it checked and is served.
+    pub(crate) fn claim_probe(&self, now: Instant, interval: Duration) -> bool {
+        let now = self.nanos_since_created(now);
+        let interval = u64::try_from(interval.as_nanos()).unwrap_or(u64::MAX);
+        let last = self.probed_at.load(Relaxed);
+        now.saturating_sub(last) > interval && self.probed_at.compare_exchange(last, now, Relaxed, Relaxed).is_ok()
+    }
+
+    /// Whether the probe would be due at `now` (without claiming it).
+    pub(crate) fn probe_due(&self, now: Instant, interval: Duration) -> bool {
+        let interval = u64::try_from(interval.as_nanos()).unwrap_or(u64::MAX);
+        self.nanos_since_created(now)
+            .saturating_sub(self.probed_at.load(Relaxed))
+            > interval
+    }
+
+    /// Whether it is older than `after` at `now` and no hit has asked for
+    /// its refresh yet; if so, marks the refresh asked for (one caller).
+    pub(crate) fn claim_refresh(&self, now: Instant, after: Duration) -> bool {
+        !self.refresh_claimed.load(Relaxed)
+            && now.saturating_duration_since(self.created_at) > after
+            && !self.refresh_claimed.swap(true, Relaxed)
     }
 
     fn value(&self) -> &T {
@@ -98,6 +153,10 @@ impl<T: Send + Sync + 'static> Lease<T> {
         Lease::from_arc(instance.clone())
     }
 
+    pub(crate) fn instance(&self) -> &Arc<Instance<T>> {
+        &self.instance
+    }
+
     pub(crate) fn from_arc(instance: Arc<Instance<T>>) -> Self {
         instance.metrics.live_leases.add(1);
         Lease { instance }
@@ -117,6 +176,22 @@ impl<T: Send + Sync + 'static> Lease<T> {
     /// one instance. Useful in logs.
     pub fn instance_id(&self) -> InstanceId {
         self.instance.id
+    }
+
+    /// When this instance was built: when its factory returned it, or when
+    /// it was put in with [`insert`](crate::Pool::insert). Its TTL and
+    /// refresh-ahead age count from here. A tokio `Instant`, so that it
+    /// follows a paused test clock; `.into_std()` converts it.
+    pub fn created_at(&self) -> Instant {
+        self.instance.created_at
+    }
+
+    /// The configuration version this instance was built for: the version
+    /// of the last [`refresh_version`](crate::Pool::refresh_version) the
+    /// key went through while resident, 0 if none. A key that leaves the
+    /// pool (invalidated, evicted, expired) starts again at 0.
+    pub fn version(&self) -> u64 {
+        self.instance.version
     }
 }
 
@@ -152,6 +227,7 @@ impl<T: Send + Sync + 'static> fmt::Debug for Lease<T> {
         f.debug_struct("Lease")
             .field("key", &self.instance.key)
             .field("instance_id", &self.instance.id)
+            .field("version", &self.instance.version)
             .finish()
     }
 }

@@ -24,6 +24,9 @@ pub(crate) type Factory<T> = Arc<dyn Fn() -> BoxFuture<'static, Result<T, BoxErr
 /// What a caller gets back for a [`Request`]: the lease, or why there is none.
 pub(crate) type LeaseReply<T> = RpcReplyPort<Result<Lease<T>, PoolError>>;
 
+/// What a `Pool::refresh` caller gets back: whether an instance was replaced.
+pub(crate) type RefreshReply = RpcReplyPort<Result<bool, PoolError>>;
+
 /// Messages to the pool's supervisor actor.
 ///
 /// Other actors can send the public variants to
@@ -112,6 +115,35 @@ pub(crate) enum SupervisorInternal<T: Send + Sync + 'static> {
         key: Arc<str>,
         /// The instance and what it is for.
         insert: InsertRequest<T>,
+    },
+    /// Rebuild the key's instance while it keeps serving (`Pool::refresh`).
+    Refresh {
+        /// The key.
+        key: Arc<str>,
+        /// The configuration version to build for; `None` keeps the
+        /// current instance's.
+        version: Option<u64>,
+        /// Answered once the new instance is published, or why not.
+        reply: RefreshReply,
+    },
+    /// A hit found this instance older than `refresh_after` (refresh-ahead).
+    RefreshDue {
+        /// The key.
+        key: Arc<str>,
+        /// The instance that is due.
+        instance: InstanceId,
+    },
+    /// Retire exactly this instance, if it is still the key's current one
+    /// (`Pool::retire`, a stale probe).
+    RetireInstance {
+        /// The key.
+        key: Arc<str>,
+        /// The instance.
+        instance: InstanceId,
+        /// Why.
+        cause: RetireCause,
+        /// Receives whether it was retired.
+        reply: RpcReplyPort<bool>,
     },
     /// A key actor's state changed.
     Report {
@@ -262,6 +294,24 @@ pub(crate) enum KeyMsg<T: Send + Sync + 'static> {
         /// The attempt this retry belongs to.
         attempt: u64,
     },
+    /// Rebuild the current instance in the background while it keeps
+    /// serving, and swap the new one in (from the supervisor).
+    Refresh {
+        /// Only if this is still the current instance (refresh-ahead);
+        /// `None`: whatever is current (`Pool::refresh`).
+        target: Option<InstanceId>,
+        /// The configuration version to build for; `None` keeps the current
+        /// instance's.
+        version: Option<u64>,
+        /// Answered once the new instance is published (`Pool::refresh`).
+        reply: Option<RefreshReply>,
+    },
+    /// A failed refresh's backoff has passed: a hit may ask for the next
+    /// one (from a timer).
+    Rearm {
+        /// The instance whose refresh failed.
+        instance: InstanceId,
+    },
     /// Every retirement that predates this instance has been sent: publish
     /// it in the read view if it is still current (from the supervisor).
     Publish {
@@ -282,6 +332,7 @@ impl<T: Send + Sync + 'static> KeyMsg<T> {
                 | KeyMsg::Retire { .. }
                 | KeyMsg::Shutdown { .. }
                 | KeyMsg::Publish { .. }
+                | KeyMsg::Refresh { .. }
         )
     }
 }

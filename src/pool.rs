@@ -5,6 +5,8 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::panic::AssertUnwindSafe;
+
 use futures::FutureExt;
 use ractor::rpc::CallResult;
 use ractor::{Actor, ActorCell, ActorRef, RpcReplyPort, SpawnErr};
@@ -12,13 +14,13 @@ use ractor::{Actor, ActorCell, ActorRef, RpcReplyPort, SpawnErr};
 use crate::actors::disposer::{DisposerActor, DisposerArgs};
 use crate::actors::lifecycle::{Lifecycle, Phase};
 use crate::actors::supervisor::{SupervisorActor, SupervisorArgs};
-use crate::actors::{DisposeHook, Settings, Shared, nonzero};
+use crate::actors::{DisposeHook, ProbeHook, Settings, Shared, nonzero};
 use crate::config::{PoolConfig, RestartPolicy};
-use crate::error::{BoxError, PoolError};
+use crate::error::{BoxError, PoolError, panic_message};
 use crate::hash::CredentialsHash;
 use crate::lease::Lease;
 use crate::messages::{Factory, InsertRequest, Request, SupervisorInternal, SupervisorMsg};
-use crate::stats::{Metrics, ShutdownReport, Stats};
+use crate::stats::{Metrics, RetireCause, ShutdownReport, Stats};
 use crate::view::ReadView;
 
 /// A pool of warm, per-key instances of `T`.
@@ -117,6 +119,13 @@ impl<T: Send + Sync + 'static> Pool<T> {
     /// build: it finishes, serves the other callers waiting on it, and its
     /// instance is cached.
     ///
+    /// With [`refresh_after`](PoolBuilder::refresh_after), the first hit on
+    /// an instance older than that asks its key actor for a background
+    /// rebuild and is served the old instance at once. With a
+    /// [`probe`](PoolBuilder::probe), the first call that finds an instance
+    /// unchecked for `probe_interval` runs the probe before it is served
+    /// (see there); every other call is served as usual meanwhile.
+    ///
     /// # Errors
     ///
     /// [`PoolError::Factory`], [`PoolError::FactoryPanicked`] or
@@ -136,7 +145,7 @@ impl<T: Send + Sync + 'static> Pool<T> {
         Fut: Future<Output = Result<T, E>> + Send + 'static,
         E: Into<BoxError>,
     {
-        self.get(key, credentials_hash, None, factory).await
+        self.get_inner(key, credentials_hash, None, factory).await
     }
 
     /// Like [`get_or_create`](Self::get_or_create), but an instance built by
@@ -155,10 +164,10 @@ impl<T: Send + Sync + 'static> Pool<T> {
         Fut: Future<Output = Result<T, E>> + Send + 'static,
         E: Into<BoxError>,
     {
-        self.get(key, credentials_hash, Some(ttl), factory).await
+        self.get_inner(key, credentials_hash, Some(ttl), factory).await
     }
 
-    async fn get<F, Fut, E>(
+    async fn get_inner<F, Fut, E>(
         &self,
         key: &str,
         hash: CredentialsHash,
@@ -176,11 +185,231 @@ impl<T: Send + Sync + 'static> Pool<T> {
         }
         // The hit path: the read view, no actor involved.
         if let Some(lease) = shared.view.hit(key, hash, shared.settings.time_to_idle) {
-            shared.metrics.hits.add(1);
-            return Ok(lease);
+            // Counted once served: a call whose probe finds the instance
+            // stale is a miss.
+            match self.hand_out(lease) {
+                HandOut::Serve(lease) => {
+                    shared.metrics.hits.add(1);
+                    return Ok(lease);
+                }
+                HandOut::Probe(lease) => {
+                    if let Some(lease) = self.run_probe(lease).await {
+                        shared.metrics.hits.add(1);
+                        return Ok(lease);
+                    }
+                }
+            }
         }
         let factory: Factory<T> = Arc::new(move || factory().map(|r| r.map_err(Into::into)).boxed());
-        self.ask(key, hash, ttl, factory).await?
+        // Kept only when a stale probe may need a second round trip: the
+        // miss path otherwise hands its only reference to the actors.
+        let spare = shared.probe.is_some().then(|| factory.clone());
+        let lease = self.ask(key, hash, ttl, factory).await??;
+        match self.hand_out(lease) {
+            HandOut::Serve(lease) => Ok(lease),
+            HandOut::Probe(lease) => match self.run_probe(lease).await {
+                Some(lease) => Ok(lease),
+                // Retired as stale: what the key serves next is a build that
+                // starts now (or one a concurrent caller just started), so
+                // it is not probed again.
+                None => {
+                    self.ask(key, hash, ttl, spare.expect("kept when a probe is set"))
+                        .await?
+                }
+            },
+        }
+    }
+
+    /// What a caller must do before it is served `lease`: nothing, or run
+    /// the freshness probe. Asks for a refresh-ahead rebuild on the way.
+    fn hand_out(&self, lease: Lease<T>) -> HandOut<T> {
+        let shared = &self.inner.shared;
+        let settings = &shared.settings;
+        if settings.refresh_after.is_none() && shared.probe.is_none() {
+            return HandOut::Serve(lease);
+        }
+        let now = tokio::time::Instant::now();
+        let instance = lease.instance();
+        if let Some(after) = settings.refresh_after
+            && instance.claim_refresh(now, after)
+        {
+            // Not awaited: the caller is served the current instance now,
+            // and the rebuild happens in the key's actor.
+            let _ = self.inner.supervisor.send_message(
+                SupervisorInternal::RefreshDue {
+                    key: instance.key.clone(),
+                    instance: instance.id,
+                }
+                .into(),
+            );
+        }
+        if shared.probe.is_some() && instance.claim_probe(now, settings.probe_interval) {
+            HandOut::Probe(lease)
+        } else {
+            HandOut::Serve(lease)
+        }
+    }
+
+    /// Runs the freshness probe on `lease`'s instance: `Some(lease)` when it
+    /// may be served (fresh, or the probe failed, which counts as fresh),
+    /// `None` when it was stale and has been retired.
+    async fn run_probe(&self, lease: Lease<T>) -> Option<Lease<T>> {
+        let shared = &self.inner.shared;
+        let probe = shared.probe.clone().expect("called only with a probe");
+        Metrics::bump(&shared.metrics.probes);
+        let probed = lease.clone();
+        let run = async move {
+            match std::panic::catch_unwind(AssertUnwindSafe(|| probe(probed))) {
+                Ok(fut) => AssertUnwindSafe(fut).catch_unwind().await,
+                Err(panic) => Err(panic),
+            }
+        };
+        let outcome = match shared.settings.probe_timeout {
+            Some(limit) => tokio::time::timeout(limit, run).await.ok(),
+            None => Some(run.await),
+        };
+        let failure = match outcome {
+            Some(Ok(Ok(true))) => return Some(lease),
+            Some(Ok(Ok(false))) => {
+                tracing::debug!(key = %lease.key(), instance = %lease.instance_id(), "freshness probe: stale");
+                let instance = lease.instance_id();
+                let key = lease.instance().key.clone();
+                drop(lease);
+                // Out of the read view before this returns, so the next call
+                // (this one's included) goes to the key actor and builds.
+                let _ = self
+                    .call(None, |reply| {
+                        SupervisorInternal::RetireInstance {
+                            key,
+                            instance,
+                            cause: RetireCause::Stale,
+                            reply,
+                        }
+                        .into()
+                    })
+                    .await;
+                return None;
+            }
+            Some(Ok(Err(error))) => error.to_string(),
+            Some(Err(panic)) => format!("panicked: {}", panic_message(&*panic)),
+            None => "timed out".to_string(),
+        };
+        Metrics::bump(&shared.metrics.probe_failures);
+        tracing::warn!(key = %lease.key(), failure = %failure, "freshness probe failed; the instance counts as fresh");
+        Some(lease)
+    }
+
+    /// Returns a lease on `key`'s instance if one may be served to a caller
+    /// presenting `credentials_hash` right now, without building, waiting
+    /// or asking any actor: a read of the pool's published instances, as a
+    /// hit of [`get_or_create`](Self::get_or_create) is. `None` when there
+    /// is none (not resident, building, expired, other credentials, cooling,
+    /// shut down), and also when the instance is due for its freshness
+    /// [`probe`](PoolBuilder::probe), which only `get_or_create` runs.
+    ///
+    /// It never builds, never counts a failure, never starts a cool-down and
+    /// never triggers a refresh-ahead rebuild. A hit counts in
+    /// [`Stats::hits`]; a `None` is not counted as a miss.
+    pub fn get(&self, key: &str, credentials_hash: CredentialsHash) -> Option<Lease<T>> {
+        let shared = &self.inner.shared;
+        if shared.lifecycle.phase() != Phase::Running {
+            return None;
+        }
+        let lease = shared.view.hit(key, credentials_hash, shared.settings.time_to_idle)?;
+        if shared.probe.is_some()
+            && lease
+                .instance()
+                .probe_due(tokio::time::Instant::now(), shared.settings.probe_interval)
+        {
+            return None;
+        }
+        shared.metrics.hits.add(1);
+        Some(lease)
+    }
+
+    /// Rebuilds `key`'s instance with the factory that built it, while
+    /// callers keep being served the old one, and swaps the new one in.
+    ///
+    /// Returns `Ok(true)` once the new instance is published (the old one is
+    /// then retired with cause `refreshed` and disposed after its last
+    /// lease), and `Ok(false)` without building when there is nothing to
+    /// rebuild: the key is not resident, its instance has expired, or it
+    /// was put in with [`insert`](Self::insert) (the pool has no factory
+    /// for it). Concurrent refreshes of one key share one rebuild. The
+    /// rebuild follows the restart policy's retries and `create_timeout`,
+    /// never cools the key down, and the new instance's TTL counts from its
+    /// creation.
+    ///
+    /// If the instance is retired while the rebuild runs (invalidated,
+    /// evicted, expired, replaced, rotated), the rebuild is dropped and this
+    /// returns `Ok(false)`.
+    ///
+    /// # Errors
+    ///
+    /// The factory's error ([`PoolError::Factory`], `FactoryPanicked`,
+    /// `Timeout`) when the rebuild failed after its retries; the old
+    /// instance is then unchanged and keeps serving. [`PoolError::ShutDown`]
+    /// once the pool is shutting down.
+    pub async fn refresh(&self, key: &str) -> Result<bool, PoolError> {
+        self.refresh_inner(key, None).await
+    }
+
+    /// Like [`refresh`](Self::refresh), for configuration `version`: the new
+    /// instance is built for `version` (see [`Lease::version`]). A refresh
+    /// for a version below the current instance's returns `Ok(false)`
+    /// without building, and a rebuild for a version below one published
+    /// meanwhile is dropped (with a warning) when it finishes: so versions
+    /// arriving out of order (say, over an event bus) never replace a newer
+    /// instance with an older one. A refresh for a version above the one a
+    /// rebuild in flight is for waits for it, then builds. Versions belong
+    /// to a resident key: a key not in the pool is not built (`Ok(false)`),
+    /// and a key that left it starts again at version 0.
+    pub async fn refresh_version(&self, key: &str, version: u64) -> Result<bool, PoolError> {
+        self.refresh_inner(key, Some(version)).await
+    }
+
+    async fn refresh_inner(&self, key: &str, version: Option<u64>) -> Result<bool, PoolError> {
+        let sent_key: Arc<str> = Arc::from(key);
+        self.call(Some(key), move |reply| {
+            SupervisorInternal::Refresh {
+                key: sent_key,
+                version,
+                reply,
+            }
+            .into()
+        })
+        .await?
+    }
+
+    /// Retires exactly the instance `lease` holds, if it is still its key's
+    /// current instance, and returns whether it did. Returns `false`
+    /// without touching the key when the key already holds another
+    /// instance (say, one another caller rebuilt after a rotation), when
+    /// the instance was retired already, when the lease is from another
+    /// pool, or once the pool is shutting down.
+    ///
+    /// The use: a client that just got a 401 retires itself without
+    /// discarding a client another caller built meanwhile. Once this
+    /// returns, no call that starts gets that instance; the lease itself
+    /// (and any other) keeps it alive until dropped. Counted as
+    /// `invalidated` in [`Stats::retirements`].
+    pub async fn retire(&self, lease: &Lease<T>) -> bool {
+        let instance = lease.instance();
+        if !Arc::ptr_eq(&instance.metrics, &self.inner.shared.metrics) {
+            return false;
+        }
+        let (key, id) = (instance.key.clone(), instance.id);
+        self.call(Some(lease.key()), move |reply| {
+            SupervisorInternal::RetireInstance {
+                key,
+                instance: id,
+                cause: RetireCause::Invalidated,
+                reply,
+            }
+            .into()
+        })
+        .await
+        .unwrap_or(false)
     }
 
     /// One round trip for `key` through the supervisor.
@@ -369,6 +598,12 @@ impl<T: Send + Sync + 'static> Pool<T> {
     }
 }
 
+/// What a caller does with a lease before it is served (see `Pool::hand_out`).
+enum HandOut<T: Send + Sync + 'static> {
+    Serve(Lease<T>),
+    Probe(Lease<T>),
+}
+
 /// A [`Pool`] handle that does not keep the pool alive.
 pub(crate) struct WeakPool<T: Send + Sync + 'static>(std::sync::Weak<PoolInner<T>>);
 
@@ -391,6 +626,7 @@ impl<T: Send + Sync + 'static> fmt::Debug for WeakPool<T> {
 pub struct PoolBuilder<T: Send + Sync + 'static> {
     settings: Settings,
     on_dispose: Option<DisposeHook<T>>,
+    probe: Option<ProbeHook<T>>,
     name: Option<String>,
 }
 
@@ -399,6 +635,7 @@ impl<T: Send + Sync + 'static> fmt::Debug for PoolBuilder<T> {
         f.debug_struct("PoolBuilder")
             .field("settings", &self.settings)
             .field("on_dispose", &self.on_dispose.is_some())
+            .field("probe", &self.probe.is_some())
             .field("name", &self.name)
             .finish()
     }
@@ -422,8 +659,12 @@ impl<T: Send + Sync + 'static> PoolBuilder<T> {
                 create_timeout: None,
                 dispose_timeout: None,
                 restart_policy: RestartPolicy::default(),
+                refresh_after: None,
+                probe_interval: Duration::from_secs(10),
+                probe_timeout: Some(Duration::from_secs(5)),
             },
             on_dispose: None,
+            probe: None,
             name: None,
         };
         builder = builder.config(&PoolConfig::default());
@@ -439,6 +680,7 @@ impl<T: Send + Sync + 'static> PoolBuilder<T> {
         self.settings.sweep_interval = nonzero(Duration::from_secs(config.sweep_seconds));
         self.settings.create_timeout = nonzero(Duration::from_millis(config.create_timeout_ms));
         self.settings.dispose_timeout = nonzero(Duration::from_millis(config.dispose_timeout_ms));
+        self.settings.refresh_after = nonzero(Duration::from_secs(config.refresh_seconds));
         self
     }
 
@@ -515,6 +757,74 @@ impl<T: Send + Sync + 'static> PoolBuilder<T> {
         self
     }
 
+    /// Refresh-ahead: an instance older than `after` (from its creation) is
+    /// still served, and the first hit that finds it so asks its key actor
+    /// to rebuild it in the background with the factory of its last build
+    /// (same restart policy retries and `create_timeout`). On success the
+    /// new instance is published atomically and the old one retired (cause
+    /// `refreshed`, counted in [`Stats::refreshes`]); on failure the old one
+    /// keeps serving until its TTL, the failure is logged and counted in
+    /// [`Stats::refresh_failures`], and the next hit may ask again once a
+    /// backoff has passed (the restart policy's, growing with each refresh
+    /// that failed in a row). No caller ever waits for a refresh; the TTL
+    /// stays the hard limit, so pick `after` below it. An inserted instance
+    /// is never refreshed (the pool has no factory for it).
+    ///
+    /// Defaults to zero (off). [`Pool::get`] never triggers it.
+    pub fn refresh_after(mut self, after: Duration) -> Self {
+        self.settings.refresh_after = nonzero(after);
+        self
+    }
+
+    /// A freshness probe, for instances that can go bad in ways the pool
+    /// cannot see (a kernel that died, a session the server dropped).
+    ///
+    /// An instance not checked for [`probe_interval`](Self::probe_interval)
+    /// is probed before it is served again. The probe runs **on the calling
+    /// request's path**: the first [`get_or_create`](Pool::get_or_create)
+    /// call that finds the instance due awaits `probe(lease)` before it is
+    /// served. The check time is set when the probe starts, so calls that
+    /// arrive during the probe are served the instance without waiting.
+    /// A build (or an insert) counts as a fresh check.
+    ///
+    /// - `Ok(true)`: fresh; the probing caller is served it.
+    /// - `Ok(false)`: stale; the instance is retired (cause `stale`) and the
+    ///   probing caller goes on to a rebuild, which later callers share
+    ///   (singleflight). The stale instance is never served again, with or
+    ///   without `refresh_after`.
+    /// - An error, a panic, or no answer within
+    ///   [`probe_timeout`](Self::probe_timeout): counted as fresh, logged at
+    ///   warn and counted in [`Stats::probe_failures`].
+    ///
+    /// [`Pool::get`] never probes: it returns `None` for an instance that is
+    /// due. Defaults to none.
+    pub fn probe<P, Fut, E>(mut self, probe: P) -> Self
+    where
+        P: Fn(Lease<T>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<bool, E>> + Send + 'static,
+        E: Into<BoxError>,
+    {
+        self.probe = Some(Arc::new(move |lease| {
+            probe(lease).map(|r| r.map_err(Into::into)).boxed()
+        }));
+        self
+    }
+
+    /// How long a checked instance counts as fresh before it is probed
+    /// again (see [`probe`](Self::probe)). Defaults to 10 s; zero probes
+    /// before every hand-out by the call that claims it.
+    pub fn probe_interval(mut self, interval: Duration) -> Self {
+        self.settings.probe_interval = interval;
+        self
+    }
+
+    /// Longest a probe may run before the instance counts as fresh anyway.
+    /// Defaults to 5 s; zero means unbounded.
+    pub fn probe_timeout(mut self, timeout: Duration) -> Self {
+        self.settings.probe_timeout = nonzero(timeout);
+        self
+    }
+
     /// A name for the supervisor actor in ractor's registry (so other actors
     /// can find it with `ActorRef::where_is`). Defaults to none.
     pub fn name(mut self, name: impl Into<String>) -> Self {
@@ -549,6 +859,7 @@ impl<T: Send + Sync + 'static> PoolBuilder<T> {
             disposer: disposer.clone(),
             lifecycle: Lifecycle::default(),
             view: ReadView::new(),
+            probe: self.probe,
         });
         let args = SupervisorArgs { shared: shared.clone() };
         let spawned = match parent {

@@ -26,6 +26,11 @@ pub enum RetireCause {
     Replaced,
     /// The pool shut down.
     Shutdown,
+    /// A rebuild took its place while it was still being served
+    /// (refresh-ahead, or `Pool::refresh`).
+    Refreshed,
+    /// The freshness probe said it is no longer fresh (`PoolBuilder::probe`).
+    Stale,
 }
 
 impl RetireCause {
@@ -38,6 +43,8 @@ impl RetireCause {
             RetireCause::Invalidated => "invalidated",
             RetireCause::Replaced => "replaced",
             RetireCause::Shutdown => "shutdown",
+            RetireCause::Refreshed => "refreshed",
+            RetireCause::Stale => "stale",
         }
     }
 }
@@ -55,7 +62,7 @@ pub(crate) struct Metrics {
     pub(crate) builds: AtomicU64,
     pub(crate) build_failures: AtomicU64,
     pub(crate) builds_in_flight: AtomicU64,
-    pub(crate) retired: [AtomicU64; 7],
+    pub(crate) retired: [AtomicU64; 9],
     pub(crate) disposals: AtomicU64,
     pub(crate) dispose_failures: AtomicU64,
     pub(crate) capacity_overshoot: AtomicU64,
@@ -64,6 +71,14 @@ pub(crate) struct Metrics {
     pub(crate) next_instance_id: AtomicU64,
     /// Instances put in with `insert`.
     pub(crate) inserts: AtomicU64,
+    /// Rebuilds that replaced a served instance (refresh-ahead, `refresh`).
+    pub(crate) refreshes: AtomicU64,
+    /// Rebuilds that failed after their retries (the old instance kept serving).
+    pub(crate) refresh_failures: AtomicU64,
+    /// Freshness probes run.
+    pub(crate) probes: AtomicU64,
+    /// Freshness probes that failed, panicked or timed out (counted as fresh).
+    pub(crate) probe_failures: AtomicU64,
     /// Event-bus counters.
     pub(crate) bus: BusMetrics,
 }
@@ -129,6 +144,8 @@ impl Metrics {
             invalidated: self.retired_count(RetireCause::Invalidated),
             replaced: self.retired_count(RetireCause::Replaced),
             shutdown: self.retired_count(RetireCause::Shutdown),
+            refreshed: self.retired_count(RetireCause::Refreshed),
+            stale: self.retired_count(RetireCause::Stale),
         }
     }
 
@@ -150,6 +167,10 @@ impl Metrics {
             actor_restarts: self.actor_restarts.load(Relaxed),
             cooling_keys: Vec::new(),
             inserts: self.inserts.load(Relaxed),
+            refreshes: self.refreshes.load(Relaxed),
+            refresh_failures: self.refresh_failures.load(Relaxed),
+            probes: self.probes.load(Relaxed),
+            probe_failures: self.probe_failures.load(Relaxed),
             bus: self.bus.snapshot(),
         }
     }
@@ -176,12 +197,25 @@ pub struct Retirements {
     pub replaced: u64,
     /// Retired by `shutdown`.
     pub shutdown: u64,
+    /// Replaced by a rebuild while still served (refresh-ahead or
+    /// [`Pool::refresh`](crate::Pool::refresh)).
+    pub refreshed: u64,
+    /// Found stale by the freshness probe.
+    pub stale: u64,
 }
 
 impl Retirements {
     /// All retirements, whatever the cause.
     pub fn total(&self) -> u64 {
-        self.ttl + self.idle + self.capacity + self.credentials + self.invalidated + self.replaced + self.shutdown
+        self.ttl
+            + self.idle
+            + self.capacity
+            + self.credentials
+            + self.invalidated
+            + self.replaced
+            + self.shutdown
+            + self.refreshed
+            + self.stale
     }
 }
 
@@ -232,6 +266,17 @@ pub struct Stats {
     pub cooling_keys: Vec<CoolingKey>,
     /// Instances put in with `insert` (not counted in `builds`).
     pub inserts: u64,
+    /// Rebuilds that replaced an instance while it was served (refresh-ahead,
+    /// [`Pool::refresh`](crate::Pool::refresh)); also counted in `builds`.
+    pub refreshes: u64,
+    /// Rebuilds that failed after their retries; the old instance kept
+    /// serving. Their attempts are also counted in `build_failures`.
+    pub refresh_failures: u64,
+    /// Freshness probes run (see [`PoolBuilder::probe`](crate::PoolBuilder::probe)).
+    pub probes: u64,
+    /// Freshness probes that returned an error, panicked or timed out; each
+    /// counted as fresh.
+    pub probe_failures: u64,
     /// Invalidations received over an event bus.
     pub bus: BusStats,
 }

@@ -112,6 +112,12 @@ impl<T: Send + Sync + 'static> Published<T> {
         self.slot.load_full().map(Lease::from_arc)
     }
 
+    /// The instance, unless it has been retired (for its key actor; not a
+    /// lease, so not counted as one).
+    pub(crate) fn instance(&self) -> Option<Arc<Instance<T>>> {
+        self.slot.load_full()
+    }
+
     /// A weak reference to the instance, for the supervisor to see whether it
     /// is leased (strong count above the slot's own).
     pub(crate) fn probe(&self) -> std::sync::Weak<Instance<T>> {

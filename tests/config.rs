@@ -98,6 +98,7 @@ fn reads_the_documented_variable_names() {
         "SWEEP_SECONDS",
         "CREATE_TIMEOUT_MS",
         "DISPOSE_TIMEOUT_MS",
+        "REFRESH_SECONDS",
     ]
     .iter()
     .map(|suffix| format!("PROVIDER_RUNTIME_CACHE_{suffix}"))
@@ -137,6 +138,7 @@ fn every_variable_is_read() {
         ("PROVIDER_RUNTIME_CACHE_SWEEP_SECONDS", "14"),
         ("PROVIDER_RUNTIME_CACHE_CREATE_TIMEOUT_MS", "15"),
         ("PROVIDER_RUNTIME_CACHE_DISPOSE_TIMEOUT_MS", "16"),
+        ("PROVIDER_RUNTIME_CACHE_REFRESH_SECONDS", "17"),
     ])
     .unwrap();
     let expected = PoolConfig {
@@ -147,6 +149,7 @@ fn every_variable_is_read() {
         sweep_seconds: 14,
         create_timeout_ms: 15,
         dispose_timeout_ms: 16,
+        refresh_seconds: 17,
     };
     assert_eq!(config, expected);
 }

@@ -16,9 +16,10 @@ use crate::error::{PoolError, panic_message};
 use crate::hash::CredentialsHash;
 use crate::lease::{Instance, InstanceId, Lease};
 use crate::messages::{
-    DisposerMsg, Factory, InsertRequest, KeyMsg, KeyReport, Request, RetireTarget, SupervisorInternal, SupervisorMsg,
+    DisposerMsg, Factory, InsertRequest, KeyMsg, KeyReport, RefreshReply, Request, RetireTarget, SupervisorInternal,
+    SupervisorMsg,
 };
-use crate::restart::{RestartState, Verdict};
+use crate::restart::{Deadline, RestartState, Verdict};
 use crate::stats::{Metrics, RetireCause};
 use crate::view::Published;
 
@@ -51,6 +52,27 @@ struct Current<T: Send + Sync + 'static> {
     /// Whether `entry` is in the read view; false while a publish waits for
     /// the supervisor (see `ReadView::fence`).
     published: bool,
+    /// The factory that built it, for refreshes; `None` for an inserted
+    /// instance, which the pool cannot rebuild. Never another request's
+    /// factory: that one may hold other credentials.
+    factory: Option<Factory<T>>,
+    /// The TTL its build asked for (`None`: the pool's), for its rebuilds.
+    ttl: Option<Duration>,
+    /// The read view's fence it was built or published under: a rebuild
+    /// publishes under it too, so that a prefix invalidation that fenced
+    /// the key since is never undone by the rebuild.
+    fence: u64,
+    /// The configuration version it was built for.
+    version: u64,
+}
+
+/// What makes a build a refresh: it replaces an instance that keeps
+/// serving until the new one is published.
+struct Refreshing {
+    /// The instance it replaces.
+    replaces: InstanceId,
+    /// `Pool::refresh` callers sharing it (none for refresh-ahead).
+    callers: Vec<RefreshReply>,
 }
 
 /// A build in flight (or waiting out a retry backoff).
@@ -71,6 +93,29 @@ struct Build<T: Send + Sync + 'static> {
     stale: Option<RetireCause>,
     /// False while waiting out a backoff before the next attempt.
     running: bool,
+    /// Set for a rebuild of the current instance (refresh-ahead,
+    /// `Pool::refresh`). It starts with no waiters; a caller that finds the
+    /// current instance expired with the same credentials joins it.
+    refresh: Option<Refreshing>,
+    /// The configuration version the instance is built for.
+    version: u64,
+}
+
+impl<T: Send + Sync + 'static> Build<T> {
+    /// A refresh nobody waits on: its failures never cool the key down, and
+    /// it is dropped when the instance it replaces is retired.
+    fn is_background(&self) -> bool {
+        self.refresh.is_some() && self.waiters.is_empty()
+    }
+
+    /// Answers the `Pool::refresh` callers sharing this build.
+    fn answer_refresh(&mut self, result: &Result<bool, PoolError>) {
+        if let Some(refresh) = self.refresh.as_mut() {
+            for caller in refresh.callers.drain(..) {
+                let _ = caller.send(result.clone());
+            }
+        }
+    }
 }
 
 /// The last state reported to the supervisor, to report only changes.
@@ -103,6 +148,16 @@ pub(crate) struct KeyState<T: Send + Sync + 'static> {
     shutdown: Option<RpcReplyPort<u64>>,
     shutting_down: bool,
     retired_by_shutdown: u64,
+    /// The highest configuration version an instance of this key was
+    /// published for; builds are made for it, and a rebuild for an older
+    /// version is dropped when it finishes.
+    version: u64,
+    /// `Pool::refresh` calls that could not share the build in flight (it is
+    /// for an older version): handled, in order, once it is done.
+    deferred_refreshes: Vec<(u64, RefreshReply)>,
+    /// Refreshes in a row that failed after their retries: the next
+    /// refresh-ahead waits out the backoff for this many retries.
+    refresh_failures: u32,
 }
 
 impl<T: Send + Sync + 'static> KeyState<T> {
@@ -137,7 +192,16 @@ impl<T: Send + Sync + 'static> KeyState<T> {
                     // Emptied by the supervisor: the actor this key had died.
                     self.current = None;
                 }
-                Some(cause) => self.retire_current(cause),
+                Some(cause) => {
+                    // A rebuild under way for these credentials becomes this
+                    // caller's build instead of being dropped with the
+                    // instance it was to replace.
+                    let join = self
+                        .build
+                        .as_ref()
+                        .is_some_and(|b| b.hash == request.hash && b.stale.is_none());
+                    self.retire_current_keeping(cause, join);
+                }
             }
         }
         match self.build.as_mut() {
@@ -169,6 +233,8 @@ impl<T: Send + Sync + 'static> KeyState<T> {
             retries_done: 0,
             stale: None,
             running: false,
+            refresh: None,
+            version: self.version,
         };
         self.build = Some(build);
         self.run_attempt(myself);
@@ -183,6 +249,7 @@ impl<T: Send + Sync + 'static> KeyState<T> {
         build.running = true;
         let attempt = build.attempt;
         let attempts = build.retries_done + 1;
+        let version = build.version;
         let factory = build.factory.clone();
         let key = self.key.clone();
         let shared = self.shared.clone();
@@ -218,6 +285,7 @@ impl<T: Send + Sync + 'static> KeyState<T> {
                 Some(Ok(Ok(value))) => Ok(Instance::new(
                     value,
                     key.clone(),
+                    version,
                     shared.disposer.clone(),
                     shared.metrics.clone(),
                 )),
@@ -255,27 +323,65 @@ impl<T: Send + Sync + 'static> KeyState<T> {
         if let Some(cause) = build.stale {
             // Invalidated (or replaced) while in flight: never served or
             // cached, because it may have been built from what the
-            // invalidation declared stale. Its waiters get a fresh build.
+            // invalidation declared stale. Its waiters get a fresh build. A
+            // refresh whose instance was retired meanwhile ends here too.
             if outcome.is_ok() {
                 self.metrics().retired(cause);
             }
             drop(outcome);
+            build.answer_refresh(&self.refresh_declined());
             self.requeue_front(build.waiters);
             return;
         }
         match outcome {
+            Ok(instance) if instance.version < self.version => {
+                // A rebuild for a configuration version older than one
+                // published since: never served.
+                tracing::warn!(
+                    key = %self.key,
+                    version = instance.version,
+                    current = self.version,
+                    "dropped a rebuild for an older configuration version"
+                );
+                drop(instance);
+                build.answer_refresh(&Ok(false));
+                self.requeue_front(build.waiters);
+            }
             Ok(instance) => {
                 self.restart.success();
                 tracing::debug!(key = %self.key, instance = %instance.id, "built");
-                for waiter in build.waiters {
+                for waiter in build.waiters.drain(..) {
                     waiter.answer(Ok(Lease::new(&instance)));
                 }
+                let replaced = match (&build.refresh, &self.current) {
+                    (Some(refresh), Some(current)) if current.entry.id == refresh.replaces => self.current.take(),
+                    _ => None,
+                };
+                self.version = self.version.max(instance.version);
                 let expires_at = self.shared.settings.expiry(build.ttl, now);
-                self.set_current(instance, build.hash, expires_at, build.fence);
+                // Published first, retired second: a caller finds either the
+                // old instance (still valid) or the new one, never neither.
+                self.set_current(
+                    instance,
+                    build.hash,
+                    expires_at,
+                    build.fence,
+                    Some(build.factory.clone()),
+                    build.ttl,
+                );
+                if let Some(old) = replaced {
+                    self.retire_entry(old, RetireCause::Refreshed);
+                    Metrics::bump(&self.metrics().refreshes);
+                }
+                if build.refresh.is_some() {
+                    self.refresh_failures = 0;
+                }
+                build.answer_refresh(&Ok(true));
                 if self.shutting_down {
                     self.retire_current(RetireCause::Shutdown);
                 }
             }
+            Err(error) if build.is_background() => self.refresh_failed(myself, build, error, now),
             Err(error) => {
                 let verdict = if self.shutting_down {
                     Verdict::GiveUp
@@ -301,12 +407,156 @@ impl<T: Send + Sync + 'static> KeyState<T> {
                         tracing::warn!(key = %self.key, cool_down = ?cool, "key cooling down after repeated failures");
                     }
                 }
+                build.answer_refresh(&Err(error.clone()));
                 for waiter in build.waiters {
                     waiter.answer(Err(error.clone()));
                 }
             }
         }
         self.drain_queue(myself);
+    }
+
+    /// A refresh nobody waits on failed: the old instance keeps serving
+    /// (until its TTL), the key never cools down for it, and the failure is
+    /// retried with the restart policy's backoff. Once the retries are
+    /// spent, the next refresh-ahead may start after a backoff that grows
+    /// with each refresh that failed in a row.
+    fn refresh_failed(&mut self, myself: &ActorRef<KeyMsg<T>>, mut build: Build<T>, error: PoolError, now: Instant) {
+        let policy = &self.shared.settings.restart_policy;
+        let delay = policy.backoff(build.retries_done);
+        if !self.shutting_down
+            && build.retries_done < policy.max_retries
+            && Deadline::after(now, delay) != Deadline::Never
+        {
+            build.retries_done += 1;
+            build.running = false;
+            let attempt = build.attempt;
+            self.build = Some(build);
+            myself.send_after(delay, move || KeyMsg::Retry { attempt });
+            return;
+        }
+        Metrics::bump(&self.metrics().refresh_failures);
+        let rearm = policy.backoff(self.refresh_failures);
+        self.refresh_failures = self.refresh_failures.saturating_add(1);
+        tracing::warn!(key = %self.key, error = %error, retry_in = ?rearm, "refresh failed; the current instance keeps serving");
+        build.answer_refresh(&Err(error));
+        if let Some(refresh) = build.refresh.as_ref()
+            && Deadline::after(now, rearm) != Deadline::Never
+        {
+            let instance = refresh.replaces;
+            myself.send_after(rearm, move || KeyMsg::Rearm { instance });
+        }
+        self.drain_queue(myself);
+    }
+
+    /// What a `Pool::refresh` caller gets when its rebuild was dropped.
+    fn refresh_declined(&self) -> Result<bool, PoolError> {
+        if self.shutting_down {
+            Err(PoolError::ShutDown)
+        } else {
+            Ok(false)
+        }
+    }
+
+    /// Starts (or joins) a rebuild of the current instance that keeps it
+    /// serving until the new one is published. `target`: only if that
+    /// instance is still current (refresh-ahead). Answers `reply` with
+    /// `Ok(false)` at once when there is nothing to rebuild: no instance, an
+    /// expired one, an inserted one (no factory), or one built for a
+    /// configuration version above `version`.
+    fn refresh(
+        &mut self,
+        myself: &ActorRef<KeyMsg<T>>,
+        target: Option<InstanceId>,
+        version: Option<u64>,
+        reply: Option<RefreshReply>,
+    ) {
+        let answer = |reply: Option<RefreshReply>, result: Result<bool, PoolError>| {
+            if let Some(reply) = reply {
+                let _ = reply.send(result);
+            }
+        };
+        if self.shutting_down {
+            return answer(reply, Err(PoolError::ShutDown));
+        }
+        let Some(current) = self.current.as_ref() else {
+            return answer(reply, Ok(false));
+        };
+        let entry = &current.entry;
+        if target.is_some_and(|id| id != entry.id)
+            || entry
+                .refusal(
+                    entry.hash,
+                    Instant::now(),
+                    self.shared.settings.time_to_idle,
+                    &self.shared.view,
+                )
+                .is_some()
+        {
+            return answer(reply, Ok(false));
+        }
+        let version = version.unwrap_or(current.version);
+        let Some(factory) = current.factory.clone().filter(|_| version >= current.version) else {
+            return answer(reply, Ok(false));
+        };
+        let (hash, replaces, ttl, fence) = (entry.hash, entry.id, current.ttl, current.fence);
+        match self.build.as_mut() {
+            Some(build) if build.stale.is_none() && build.version >= version => match build.refresh.as_mut() {
+                Some(refresh) => refresh.callers.extend(reply),
+                // Unreachable while an instance is current (a build then is
+                // always a refresh or stale); answered rather than lost.
+                None => answer(reply, Ok(false)),
+            },
+            Some(_) => {
+                // A rebuild for an older version (or a dropped one) is under
+                // way: this one must start after it, from the factory of
+                // whatever is current then.
+                if let Some(reply) = reply {
+                    self.deferred_refreshes.push((version, reply));
+                }
+            }
+            None => {
+                self.build = Some(Build {
+                    hash,
+                    factory,
+                    ttl,
+                    fence,
+                    waiters: Vec::new(),
+                    attempt: 0,
+                    retries_done: 0,
+                    stale: None,
+                    running: false,
+                    refresh: Some(Refreshing {
+                        replaces,
+                        callers: reply.into_iter().collect(),
+                    }),
+                    version,
+                });
+                self.run_attempt(myself);
+            }
+        }
+    }
+
+    /// A failed refresh's backoff is over: the next hit that finds the
+    /// instance due may ask for another.
+    fn rearm(&self, instance: InstanceId) {
+        if let Some(current) = self.current.as_ref()
+            && current.entry.id == instance
+            && let Some(instance) = current.entry.instance()
+        {
+            instance
+                .refresh_claimed
+                .store(false, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Handles the refreshes that waited for the build that just ended.
+    fn run_deferred_refreshes(&mut self, myself: &ActorRef<KeyMsg<T>>) {
+        if self.build.is_none() && !self.deferred_refreshes.is_empty() {
+            for (version, reply) in std::mem::take(&mut self.deferred_refreshes) {
+                self.refresh(myself, None, Some(version), Some(reply));
+            }
+        }
     }
 
     /// Puts requests back at the head of the queue and handles the queue.
@@ -330,11 +580,16 @@ impl<T: Send + Sync + 'static> KeyState<T> {
         if build.attempt != attempt || build.running {
             return;
         }
-        if self.shutting_down {
-            let build = self.build.take().expect("checked above");
+        // A refresh whose instance was retired during the backoff has nothing
+        // left to replace.
+        let dropped = build.is_background() && build.stale.is_some();
+        if self.shutting_down || dropped {
+            let mut build = self.build.take().expect("checked above");
+            build.answer_refresh(&self.refresh_declined());
             for waiter in build.waiters {
                 waiter.answer(Err(PoolError::ShutDown));
             }
+            self.drain_queue(myself);
             return;
         }
         // A new attempt starts after any invalidation, so it is fresh.
@@ -347,6 +602,7 @@ impl<T: Send + Sync + 'static> KeyState<T> {
         let instance = Instance::new(
             insert.value,
             self.key.clone(),
+            self.version,
             self.shared.disposer.clone(),
             self.shared.metrics.clone(),
         );
@@ -359,7 +615,7 @@ impl<T: Send + Sync + 'static> KeyState<T> {
                 build.stale.get_or_insert(RetireCause::Replaced);
             }
             let expires_at = self.shared.settings.expiry(insert.ttl, Instant::now());
-            self.set_current(instance, insert.hash, expires_at, insert.fence);
+            self.set_current(instance, insert.hash, expires_at, insert.fence, None, insert.ttl);
         }
         if let Some(reply) = insert.reply {
             let result = if self.shutting_down {
@@ -419,10 +675,20 @@ impl<T: Send + Sync + 'static> KeyState<T> {
         hash: CredentialsHash,
         expires_at: Option<Instant>,
         fence: u64,
+        factory: Option<Factory<T>>,
+        ttl: Option<Duration>,
     ) {
+        let version = instance.version;
         let entry = Published::new(instance, hash, expires_at, Instant::now(), &self.shared.view);
         let published = !self.shutting_down && self.shared.view.publish(self.key.clone(), &entry, fence);
-        self.current = Some(Current { entry, published });
+        self.current = Some(Current {
+            entry,
+            published,
+            factory,
+            ttl,
+            fence,
+            version,
+        });
     }
 
     /// The supervisor has sent every retirement that predates it: publish
@@ -434,7 +700,9 @@ impl<T: Send + Sync + 'static> KeyState<T> {
             && !self.shutting_down
         {
             current.published = self.shared.view.publish(self.key.clone(), &current.entry, fence);
-            if !current.published {
+            if current.published {
+                current.fence = fence;
+            } else {
                 // Fenced again since the supervisor sent this: report again,
                 // so that it sends that retirement and another `Publish`.
                 self.reported = Reported::Nothing;
@@ -443,16 +711,34 @@ impl<T: Send + Sync + 'static> KeyState<T> {
     }
 
     fn retire_current(&mut self, cause: RetireCause) {
+        self.retire_current_keeping(cause, false);
+    }
+
+    /// Retires the current instance. A refresh of it that nobody waits on
+    /// is dropped with it (it has nothing left to replace), unless
+    /// `keep_refresh`: the caller that retires it joins that refresh.
+    fn retire_current_keeping(&mut self, cause: RetireCause, keep_refresh: bool) {
         if let Some(current) = self.current.take() {
-            // Out of the read view before anything acknowledges the retirement.
-            self.shared.view.unpublish(&self.key, &current.entry);
-            current.entry.empty();
-            self.metrics().retired(cause);
-            if cause == RetireCause::Shutdown {
-                self.retired_by_shutdown += 1;
+            if !keep_refresh
+                && let Some(build) = self.build.as_mut()
+                && build.is_background()
+                && build.refresh.as_ref().is_some_and(|r| r.replaces == current.entry.id)
+            {
+                build.stale.get_or_insert(cause);
             }
-            tracing::debug!(key = %self.key, instance = %current.entry.id, cause = cause.as_str(), "retired");
+            self.retire_entry(current, cause);
         }
+    }
+
+    fn retire_entry(&mut self, current: Current<T>, cause: RetireCause) {
+        // Out of the read view before anything acknowledges the retirement.
+        self.shared.view.unpublish(&self.key, &current.entry);
+        current.entry.empty();
+        self.metrics().retired(cause);
+        if cause == RetireCause::Shutdown {
+            self.retired_by_shutdown += 1;
+        }
+        tracing::debug!(key = %self.key, instance = %current.entry.id, cause = cause.as_str(), "retired");
     }
 
     fn begin_shutdown(&mut self, reply: RpcReplyPort<u64>) {
@@ -462,9 +748,13 @@ impl<T: Send + Sync + 'static> KeyState<T> {
         for request in self.queued.drain(..) {
             request.answer(Err(PoolError::ShutDown));
         }
+        for (_, reply) in self.deferred_refreshes.drain(..) {
+            let _ = reply.send(Err(PoolError::ShutDown));
+        }
         if self.build.as_ref().is_some_and(|b| !b.running) {
             // Waiting out a backoff: give up now rather than at the timer.
-            let build = self.build.take().expect("checked above");
+            let mut build = self.build.take().expect("checked above");
+            build.answer_refresh(&Err(PoolError::ShutDown));
             for waiter in build.waiters {
                 waiter.answer(Err(PoolError::ShutDown));
             }
@@ -496,10 +786,14 @@ impl<T: Send + Sync + 'static> KeyState<T> {
             }
             return;
         }
-        let now_state = if self.build.is_some() {
-            Reported::Building
-        } else if let Some(current) = self.current.as_ref() {
+        // An instance that keeps serving while it is rebuilt (a refresh) is
+        // reported as ready: it can be evicted or expire like any other
+        // (which drops the rebuild). Any other build keeps the key busy.
+        let refreshing = self.build.as_ref().is_none_or(|b| b.refresh.is_some());
+        let now_state = if let Some(current) = self.current.as_ref().filter(|_| refreshing) {
             Reported::Ready(current.entry.id, current.published)
+        } else if self.build.is_some() {
+            Reported::Building
         } else {
             Reported::Idle(self.seen)
         };
@@ -559,6 +853,9 @@ impl<T: Send + Sync + 'static> Actor for KeyActor<T> {
             shutdown: None,
             shutting_down: false,
             retired_by_shutdown: 0,
+            version: 0,
+            deferred_refreshes: Vec::new(),
+            refresh_failures: 0,
         })
     }
 
@@ -593,8 +890,14 @@ impl<T: Send + Sync + 'static> Actor for KeyActor<T> {
                 state.build_done(&myself, attempt, outcome);
                 // Stale waiters were re-queued; serve them now.
                 state.drain_queue(&myself);
+                state.run_deferred_refreshes(&myself);
             }
-            KeyMsg::Retry { attempt } => state.retry(&myself, attempt),
+            KeyMsg::Retry { attempt } => {
+                state.retry(&myself, attempt);
+                state.run_deferred_refreshes(&myself);
+            }
+            KeyMsg::Refresh { target, version, reply } => state.refresh(&myself, target, version, reply),
+            KeyMsg::Rearm { instance } => state.rearm(instance),
             KeyMsg::Publish { instance, fence } => state.publish(instance, fence),
         }
         state.after_message(&myself);

@@ -8,6 +8,7 @@ use ractor::ActorRef;
 
 use crate::config::RestartPolicy;
 use crate::error::BoxError;
+use crate::lease::Lease;
 use crate::messages::DisposerMsg;
 use crate::stats::Metrics;
 
@@ -21,6 +22,9 @@ pub use supervisor::SupervisorActor;
 /// A dispose hook as the pool stores it.
 pub(crate) type DisposeHook<T> = Arc<dyn Fn(String, T) -> BoxFuture<'static, Result<(), BoxError>> + Send + Sync>;
 
+/// A freshness probe as the pool stores it (see `PoolBuilder::probe`).
+pub(crate) type ProbeHook<T> = Arc<dyn Fn(Lease<T>) -> BoxFuture<'static, Result<bool, BoxError>> + Send + Sync>;
+
 /// The settings every actor reads; fixed when the pool is built. A zero
 /// duration in the builder becomes `None` here ("never" / "unbounded").
 #[derive(Debug, Clone)]
@@ -32,6 +36,13 @@ pub(crate) struct Settings {
     pub(crate) create_timeout: Option<Duration>,
     pub(crate) dispose_timeout: Option<Duration>,
     pub(crate) restart_policy: RestartPolicy,
+    /// Refresh-ahead: an instance older than this is rebuilt in the
+    /// background on its next hit.
+    pub(crate) refresh_after: Option<Duration>,
+    /// How long a probed instance counts as fresh.
+    pub(crate) probe_interval: Duration,
+    /// Longest a probe may run before it counts as fresh anyway.
+    pub(crate) probe_timeout: Option<Duration>,
 }
 
 /// What the supervisor and all key actors share: settings, counters and the
@@ -45,6 +56,8 @@ pub(crate) struct Shared<T: Send + Sync + 'static> {
     pub(crate) lifecycle: lifecycle::Lifecycle,
     /// What hits read without asking an actor; written only by actors.
     pub(crate) view: crate::view::ReadView<T>,
+    /// The freshness probe, if the pool has one.
+    pub(crate) probe: Option<ProbeHook<T>>,
 }
 
 /// Zero means "never" for every duration setting.

@@ -310,6 +310,20 @@ impl<T: Send + Sync + 'static> SupervisorState<T> {
         }
     }
 
+    /// Sends `msg` to the key's actor if it has one, after any pending
+    /// `Retire`, without counting it as a use of the key (a refresh or a
+    /// retirement of one instance is not a use). Gives `msg` back when the
+    /// key has no live actor.
+    fn send_to_existing(&mut self, key: &Arc<str>, msg: KeyMsg<T>) -> Result<(), KeyMsg<T>> {
+        let Some(entry) = self.entries.get_mut(key) else {
+            return Err(msg);
+        };
+        entry.flush_pending();
+        entry.send(msg).inspect_err(|_| {
+            self.forget(key);
+        })
+    }
+
     async fn spawn_and_send(&mut self, myself: &ActorRef<SupervisorMsg<T>>, key: Arc<str>, msg: KeyMsg<T>) {
         if let Err(error) = self.spawn_key(myself, &key).await {
             // Dropping `msg` drops the caller's reply port: the caller gets
@@ -527,6 +541,52 @@ impl<T: Send + Sync + 'static> Actor for SupervisorActor<T> {
                     }
                     insert.fence = state.shared.view.fence();
                     state.route(&myself, key, KeyMsg::Insert(insert)).await;
+                }
+                SupervisorInternal::Refresh { key, version, reply } => {
+                    if state.life.refuses_work() {
+                        let _ = reply.send(Err(PoolError::ShutDown));
+                        return Ok(());
+                    }
+                    let msg = KeyMsg::Refresh {
+                        target: None,
+                        version,
+                        reply: Some(reply),
+                    };
+                    // No actor: nothing resident to rebuild.
+                    if let Err(KeyMsg::Refresh { reply: Some(reply), .. }) = state.send_to_existing(&key, msg) {
+                        let _ = reply.send(Ok(false));
+                    }
+                }
+                SupervisorInternal::RefreshDue { key, instance } => {
+                    if !state.life.refuses_work() {
+                        let msg = KeyMsg::Refresh {
+                            target: Some(instance),
+                            version: None,
+                            reply: None,
+                        };
+                        let _ = state.send_to_existing(&key, msg);
+                    }
+                }
+                SupervisorInternal::RetireInstance {
+                    key,
+                    instance,
+                    cause,
+                    reply,
+                } => {
+                    if state.life.refuses_work() {
+                        // The shutdown retires it (or has).
+                        let _ = reply.send(false);
+                        return Ok(());
+                    }
+                    let msg = KeyMsg::Retire {
+                        cause,
+                        target: RetireTarget::Instance(instance),
+                        fence: None,
+                        reply: Some(reply),
+                    };
+                    if let Err(KeyMsg::Retire { reply: Some(reply), .. }) = state.send_to_existing(&key, msg) {
+                        let _ = reply.send(false);
+                    }
                 }
                 SupervisorInternal::Report { key, actor, report } => {
                     if !state.life.refuses_work() {

@@ -1,0 +1,158 @@
+//! `Pool::get` (a lookup that never builds) and `Pool::retire` (retiring
+//! exactly one instance), on the paused clock, with factory calls and
+//! disposals counted exactly.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Client, Counters, builder, eventually, factory, failing, h, settle};
+use tokio::time::advance;
+use warmpool::{Lease, PoolError, RestartPolicy};
+
+const SEC: Duration = Duration::from_secs(1);
+
+#[tokio::test(start_paused = true)]
+async fn get_never_builds_never_counts_a_failure_and_never_cools_down() {
+    let c = Counters::new();
+    let pool = builder(&c)
+        .restart_policy(RestartPolicy {
+            max_retries: 0,
+            intensity: 1,
+            ..RestartPolicy::default()
+        })
+        .spawn()
+        .await
+        .unwrap();
+    for _ in 0..100 {
+        assert!(pool.get("k", h(1)).is_none());
+    }
+    settle().await;
+    let s = pool.stats().await.unwrap();
+    assert_eq!(
+        (c.builds(), s.misses, s.hits, s.build_failures, s.size),
+        (0, 0, 0, 0, 0)
+    );
+    assert!(s.cooling_keys.is_empty());
+    // A cooling key: `get` answers None and does not extend or count anything.
+    let err = pool.get_or_create("k", h(1), failing(&c, Duration::ZERO)).await;
+    assert!(matches!(err, Err(PoolError::Factory { .. })));
+    assert!(pool.get("k", h(1)).is_none());
+    let s = pool.stats().await.unwrap();
+    assert_eq!((c.builds(), s.build_failures, s.cooling_keys.len()), (1, 1, 1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn get_serves_what_get_or_create_would_hit_and_nothing_else() {
+    let c = Counters::new();
+    let pool = builder(&c).time_to_live(10 * SEC).spawn().await.unwrap();
+    let built = pool
+        .get_or_create("k", h(1), factory(&c, "k", h(1), SEC))
+        .await
+        .unwrap();
+    let found = pool.get("k", h(1)).expect("a hit");
+    assert!(Lease::ptr_eq(&built, &found));
+    assert!(pool.get("k", h(2)).is_none(), "other credentials");
+    assert!(pool.get("other", h(1)).is_none(), "another key");
+    assert_eq!(pool.get("k", h(1)).unwrap().serial, 1, "a wrong hash retired nothing");
+    assert_eq!(pool.stats().await.unwrap().hits, 2);
+    advance(10 * SEC + Duration::from_millis(1)).await;
+    assert!(pool.get("k", h(1)).is_none(), "expired");
+    drop((built, found));
+    pool.shutdown(SEC).await.unwrap();
+    assert!(pool.get("k", h(1)).is_none(), "shut down");
+    assert_eq!(c.builds(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn retire_retires_exactly_the_leased_instance_once() {
+    let c = Counters::new();
+    let pool = builder(&c).spawn().await.unwrap();
+    let lease = pool
+        .get_or_create("k", h(1), factory(&c, "k", h(1), Duration::ZERO))
+        .await
+        .unwrap();
+    assert!(pool.retire(&lease).await);
+    assert!(pool.get("k", h(1)).is_none(), "no call after retire gets it");
+    assert!(!pool.retire(&lease).await, "already retired");
+    assert_eq!(lease.serial, 1, "the lease itself keeps it alive");
+    settle().await;
+    assert_eq!(c.disposed(), 0);
+    drop(lease);
+    eventually("disposed after the last lease", async || c.disposed() == 1).await;
+    let next = pool
+        .get_or_create("k", h(1), factory(&c, "k", h(1), Duration::ZERO))
+        .await
+        .unwrap();
+    assert_eq!(next.serial, 2);
+    assert_eq!(pool.stats().await.unwrap().retirements.invalidated, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn retire_of_an_old_lease_after_a_rotation_leaves_the_new_instance_alone() {
+    let c = Counters::new();
+    let pool = builder(&c).spawn().await.unwrap();
+    let old = pool
+        .get_or_create("k", h(1), factory(&c, "k", h(1), Duration::ZERO))
+        .await
+        .unwrap();
+    let new = pool
+        .get_or_create("k", h(2), factory(&c, "k", h(2), Duration::ZERO))
+        .await
+        .unwrap();
+    assert!(!pool.retire(&old).await, "the key holds a newer instance");
+    assert!(Lease::ptr_eq(&pool.get("k", h(2)).unwrap(), &new));
+    let s = pool.stats().await.unwrap();
+    assert_eq!((s.retirements.credentials, s.retirements.invalidated), (1, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn retire_of_a_lease_from_another_pool_does_nothing() {
+    let c = Counters::new();
+    let (a, b) = (builder(&c).spawn().await.unwrap(), builder(&c).spawn().await.unwrap());
+    let from_a = a
+        .get_or_create("k", h(1), factory(&c, "k", h(1), Duration::ZERO))
+        .await
+        .unwrap();
+    let in_b = b
+        .get_or_create("k", h(1), factory(&c, "k", h(1), Duration::ZERO))
+        .await
+        .unwrap();
+    assert_eq!(
+        from_a.instance_id(),
+        in_b.instance_id(),
+        "ids are per pool: both are the first"
+    );
+    assert!(!b.retire(&from_a).await);
+    assert!(Lease::ptr_eq(&b.get("k", h(1)).unwrap(), &in_b));
+    assert!(a.retire(&from_a).await);
+}
+
+#[tokio::test(start_paused = true)]
+async fn retire_during_a_pending_prefix_invalidation_and_after_shutdown() {
+    let c = Counters::new();
+    let pool = builder(&c).spawn().await.unwrap();
+    let leases: Vec<Lease<Client>> = {
+        let mut v = Vec::new();
+        for i in 0..40 {
+            let key = format!("t:{i}");
+            v.push(
+                pool.get_or_create(&key, h(1), factory(&c, &key, h(1), Duration::ZERO))
+                    .await
+                    .unwrap(),
+            );
+        }
+        v
+    };
+    // Retirements of a prefix invalidation are paced; a retire of one of
+    // its keys waits for nothing and finds the instance already retired.
+    assert_eq!(pool.invalidate_by_prefix("t:").await.unwrap(), 40);
+    assert!(!pool.retire(&leases[39]).await);
+    let last = pool
+        .get_or_create("t:0", h(1), factory(&c, "t:0", h(1), Duration::ZERO))
+        .await
+        .unwrap();
+    pool.shutdown(SEC).await.unwrap();
+    assert!(!pool.retire(&last).await, "shut down: the shutdown retired it");
+    assert!(matches!(pool.stats().await, Err(PoolError::ShutDown)));
+}

@@ -1,0 +1,188 @@
+//! The freshness probe (`PoolBuilder::probe`): its throttle after a build and
+//! after a check, fresh, stale, error, panic and timeout verdicts, callers
+//! served during a probe, and `Pool::get` with a probe due. Paused clock;
+//! probe calls, factory calls and disposals counted exactly.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::time::Duration;
+
+use common::{Client, Counters, builder, eventually, factory, h, settle};
+use tokio::time::{Instant, advance};
+use warmpool::{Lease, Pool};
+
+const SEC: Duration = Duration::from_secs(1);
+
+/// What the probe answers.
+#[derive(Clone, Copy)]
+enum Verdict {
+    Fresh,
+    Stale,
+    Fails,
+    Panics,
+    Hangs,
+}
+
+/// A pool whose probe answers `verdict` after `delay`, counting calls in `probes`.
+async fn probed_pool(c: &Arc<Counters>, probes: &Arc<AtomicUsize>, verdict: Verdict, delay: Duration) -> Pool<Client> {
+    let probes = probes.clone();
+    builder(c)
+        .probe_interval(10 * SEC)
+        .probe_timeout(3 * SEC)
+        .probe(move |lease: Lease<Client>| {
+            probes.fetch_add(1, SeqCst);
+            async move {
+                assert_eq!(lease.key, Lease::key(&lease), "the probe gets the instance's own lease");
+                tokio::time::sleep(delay).await;
+                match verdict {
+                    Verdict::Fresh => Ok(true),
+                    Verdict::Stale => Ok(false),
+                    Verdict::Fails => Err(std::io::Error::other("health endpoint down")),
+                    Verdict::Panics => panic!("probe panicked"),
+                    Verdict::Hangs => futures::future::pending().await,
+                }
+            }
+        })
+        .spawn()
+        .await
+        .unwrap()
+}
+
+async fn get(pool: &Pool<Client>, c: &Arc<Counters>) -> Lease<Client> {
+    pool.get_or_create("k", h(1), factory(c, "k", h(1), Duration::ZERO))
+        .await
+        .unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_build_counts_as_a_check_and_a_fresh_probe_is_throttled_for_the_interval() {
+    let (c, probes) = (Counters::new(), Arc::new(AtomicUsize::new(0)));
+    let pool = probed_pool(&c, &probes, Verdict::Fresh, Duration::ZERO).await;
+    assert_eq!(get(&pool, &c).await.serial, 1);
+    advance(10 * SEC).await;
+    assert_eq!(get(&pool, &c).await.serial, 1);
+    assert_eq!(probes.load(SeqCst), 0, "within the interval of the build: no probe");
+    advance(Duration::from_millis(1)).await;
+    assert_eq!(get(&pool, &c).await.serial, 1);
+    assert_eq!(probes.load(SeqCst), 1, "past it: probed before served");
+    for _ in 0..5 {
+        get(&pool, &c).await;
+    }
+    advance(5 * SEC).await;
+    get(&pool, &c).await;
+    assert_eq!(probes.load(SeqCst), 1, "a fresh verdict counts as a check");
+    advance(6 * SEC).await;
+    get(&pool, &c).await;
+    assert_eq!(probes.load(SeqCst), 2);
+    let s = pool.stats().await.unwrap();
+    assert_eq!((s.probes, s.probe_failures, c.builds()), (2, 0, 1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stale_instance_is_retired_and_the_caller_gets_a_rebuild() {
+    let (c, probes) = (Counters::new(), Arc::new(AtomicUsize::new(0)));
+    let pool = probed_pool(&c, &probes, Verdict::Stale, Duration::ZERO).await;
+    let old = get(&pool, &c).await;
+    advance(11 * SEC).await;
+    let new = get(&pool, &c).await;
+    assert_eq!((old.serial, new.serial), (1, 2));
+    assert_eq!(probes.load(SeqCst), 1, "the rebuilt instance counts as checked");
+    drop(old);
+    eventually("the stale instance is disposed", async || c.disposed() == 1).await;
+    let s = pool.stats().await.unwrap();
+    assert_eq!(
+        (s.retirements.stale, s.builds, s.misses, s.hits),
+        (1, 2, 2, 0),
+        "the probing call is a miss, not a hit"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn callers_during_a_probe_are_served_at_once_and_one_rebuild_follows_a_stale_verdict() {
+    let (c, probes) = (Counters::new(), Arc::new(AtomicUsize::new(0)));
+    let pool = probed_pool(&c, &probes, Verdict::Stale, 2 * SEC).await;
+    drop(get(&pool, &c).await);
+    advance(11 * SEC).await;
+    let prober = tokio::spawn({
+        let (pool, c) = (pool.clone(), c.clone());
+        async move {
+            pool.get_or_create("k", h(1), factory(&c, "k", h(1), SEC))
+                .await
+                .unwrap()
+                .serial
+        }
+    });
+    settle().await;
+    assert_eq!(probes.load(SeqCst), 1);
+    let before = Instant::now();
+    let during = get(&pool, &c).await;
+    assert_eq!(
+        (during.serial, Instant::now()),
+        (1, before),
+        "served the current instance without waiting"
+    );
+    drop(during);
+    advance(2 * SEC).await; // the probe says stale; the rebuild takes 1 s
+    settle().await;
+    let joiner = tokio::spawn({
+        let (pool, c) = (pool.clone(), c.clone());
+        async move {
+            pool.get_or_create("k", h(1), factory(&c, "k", h(1), SEC))
+                .await
+                .unwrap()
+                .serial
+        }
+    });
+    advance(SEC).await;
+    assert_eq!(prober.await.unwrap(), 2);
+    assert_eq!(joiner.await.unwrap(), 2, "shared the rebuild");
+    assert_eq!((c.builds(), probes.load(SeqCst)), (2, 1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_panicking_or_hanging_probe_counts_as_fresh() {
+    for (verdict, delay) in [
+        (Verdict::Fails, Duration::ZERO),
+        (Verdict::Panics, Duration::ZERO),
+        (Verdict::Hangs, Duration::ZERO),
+    ] {
+        let (c, probes) = (Counters::new(), Arc::new(AtomicUsize::new(0)));
+        let pool = probed_pool(&c, &probes, verdict, delay).await;
+        drop(get(&pool, &c).await);
+        advance(11 * SEC).await;
+        let before = Instant::now();
+        assert_eq!(get(&pool, &c).await.serial, 1, "served the probed instance");
+        let waited = Instant::now() - before;
+        let timed_out = matches!(verdict, Verdict::Hangs);
+        assert_eq!(
+            waited,
+            if timed_out { 3 * SEC } else { Duration::ZERO },
+            "bounded by probe_timeout"
+        );
+        let s = pool.stats().await.unwrap();
+        assert_eq!(
+            (s.probes, s.probe_failures, s.retirements.total(), c.builds()),
+            (1, 1, 0, 1)
+        );
+        // Counted as a check: not probed again within the interval.
+        get(&pool, &c).await;
+        assert_eq!(probes.load(SeqCst), 1);
+        pool.shutdown(SEC).await.unwrap();
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn get_returns_none_for_an_instance_due_for_its_probe_and_never_probes() {
+    let (c, probes) = (Counters::new(), Arc::new(AtomicUsize::new(0)));
+    let pool = probed_pool(&c, &probes, Verdict::Fresh, Duration::ZERO).await;
+    drop(get(&pool, &c).await);
+    assert_eq!(pool.get("k", h(1)).unwrap().serial, 1);
+    advance(11 * SEC).await;
+    assert!(pool.get("k", h(1)).is_none(), "due: only get_or_create may serve it");
+    assert_eq!(probes.load(SeqCst), 0);
+    assert_eq!(get(&pool, &c).await.serial, 1);
+    assert_eq!(pool.get("k", h(1)).unwrap().serial, 1, "checked again");
+    assert_eq!(probes.load(SeqCst), 1);
+}
