@@ -288,7 +288,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
     println!("GET /metrics (excerpt):");
     metrics
         .lines()
-        .filter(|l| !l.starts_with('#') && (l.contains("_total") || l.contains("quantile=\"0.99\"")))
+        .filter(|l| !l.starts_with('#') && (l.contains("_total") || l.contains("_count") || l.contains("_sum")))
         .take(16)
         .for_each(|l| println!("  {l}"));
 
