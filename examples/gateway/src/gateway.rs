@@ -175,7 +175,11 @@ async fn call_route(State(gateway): State<Gateway>, Path((tenant, api)): Path<(S
     match client.get(&url).send().await.and_then(|r| r.error_for_status()) {
         Ok(answer) => {
             let body = answer.text().await.unwrap_or_default();
-            ([("x-client-id", id)], body).into_response()
+            (
+                [("content-type", "application/json".to_string()), ("x-client-id", id)],
+                body,
+            )
+                .into_response()
         }
         Err(error) => (StatusCode::BAD_GATEWAY, format!("provider call failed: {error}")).into_response(),
     }
