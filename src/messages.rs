@@ -216,7 +216,12 @@ pub(crate) struct InsertRequest<T: Send + Sync + 'static> {
 /// key actor.
 pub(crate) enum KeyReport<T: Send + Sync + 'static> {
     /// A factory call or its retries are under way.
-    Building,
+    Building {
+        /// False when the only build is a refresh that was dropped (its
+        /// instance was retired): the key is winding down, not busy, and a
+        /// retirement the supervisor chose for it stands.
+        serving: bool,
+    },
     /// An instance is resident.
     Ready {
         /// The instance, to make a later `Retire` precise.

@@ -54,11 +54,13 @@ pub(crate) struct Published<T: Send + Sync + 'static> {
     /// once per millisecond per entry, so that hits on one hot key from many
     /// cores do not fight over its cache line.
     last_used: AtomicU64,
-    /// Set by a hand-out, cleared by the supervisor when it reads the
-    /// entry's last use (`ReadView::take_use`): within one millisecond (or
-    /// one instant of a paused clock) it tells a key touched since the
-    /// supervisor last looked from one that was not.
-    touched: AtomicBool,
+    /// Last hit through the read view since the supervisor last looked
+    /// (`ReadView::take_use`, which resets it to 0 = none), in the units
+    /// and granularity of `last_used`. Kept apart from `last_used` because
+    /// LRU order counts a call when it starts: a waiter the key actor serves
+    /// when a build ends called earlier, and its hand-out (which does count
+    /// for idle time) must not make the key look more recently used.
+    touched_at: AtomicU64,
     /// Set before the entry leaves the map (see the module docs).
     retired: AtomicBool,
 }
@@ -80,7 +82,7 @@ impl<T: Send + Sync + 'static> Published<T> {
             hash,
             expires_at,
             last_used: AtomicU64::new(view.nanos(now)),
-            touched: AtomicBool::new(false),
+            touched_at: AtomicU64::new(0),
             retired: AtomicBool::new(false),
         })
     }
@@ -135,10 +137,13 @@ impl<T: Send + Sync + 'static> Published<T> {
     /// `last_used`): a use of the key the supervisor has not seen.
     pub(crate) fn touch(&self, now: Instant, view: &ReadView<T>) {
         self.handed_out(now, view);
-        // Read before written: a hot key's line is written once per
-        // supervisor look, not once per hit.
-        if !self.touched.load(Ordering::Relaxed) {
-            self.touched.store(true, Ordering::Relaxed);
+        // At least 1: zero means "not touched".
+        let now = view.nanos(now).max(1);
+        // Read before written: a hot key's line is written at most once per
+        // millisecond, not once per hit.
+        let last = self.touched_at.load(Ordering::Relaxed);
+        if last == 0 || now >= last.saturating_add(TOUCH_GRANULARITY_NS) {
+            self.touched_at.fetch_max(now, Ordering::Relaxed);
         }
     }
 
@@ -151,6 +156,15 @@ impl<T: Send + Sync + 'static> Published<T> {
         if now >= last.saturating_add(TOUCH_GRANULARITY_NS) {
             self.last_used.fetch_max(now, Ordering::Relaxed);
         }
+    }
+
+    /// Takes over the uses recorded on `old`, the entry this one replaces
+    /// (a refresh): a hit on the old instance that the supervisor has not
+    /// seen yet is still a use of the key.
+    pub(crate) fn inherit_use(&self, old: &Published<T>) {
+        self.last_used.fetch_max(old.last_used_nanos(), Ordering::Relaxed);
+        self.touched_at
+            .fetch_max(old.touched_at.load(Ordering::Relaxed), Ordering::Relaxed);
     }
 
     /// The last hand-out, in nanoseconds since the view's origin.
@@ -290,15 +304,16 @@ impl<T: Send + Sync + 'static> ReadView<T> {
         map.clear();
     }
 
-    /// The last hand-out of `key`'s published instance, if it has one, and
-    /// whether it was handed out since the last time this was asked (which
-    /// clears that mark). Only the supervisor asks.
-    pub(crate) fn take_use(&self, key: &str) -> Option<(u64, bool)> {
+    /// The last hit through the read view on `key`'s published instance
+    /// since the last time this was asked (which clears it), if there was
+    /// one. Only the supervisor asks.
+    pub(crate) fn take_use(&self, key: &str) -> Option<u64> {
         self.map
             .pin()
             .get(key)
             .and_then(Slot::live)
-            .map(|e| (e.last_used_nanos(), e.touched.swap(false, Ordering::Relaxed)))
+            .map(|e| e.touched_at.swap(0, Ordering::Relaxed))
+            .filter(|at| *at != 0)
     }
 
     /// Now, in the units of `last_used`.

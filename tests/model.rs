@@ -1,10 +1,23 @@
 //! Model-based property test: random sequences of calls from several callers
-//! (gets with factories that succeed, fail, panic or hang; dropped leases;
-//! `insert`; `invalidate`; `invalidate_by_prefix`; clock advances across
-//! TTL, idle, sweep and timeout boundaries) on a small, over-full pool with
+//! (gets with factories that succeed, fail, panic or hang; lookups with
+//! `Pool::get`; dropped leases; `retire` of a held lease; `refresh` and
+//! refresh-ahead; `insert`; `invalidate`; `invalidate_by_prefix`; clock
+//! advances across TTL, idle, refresh, sweep and timeout boundaries) on a small, over-full pool with
 //! dispose hooks that succeed, fail, panic or hang, checked after every step
 //! against the plain sequential model in `common/reference.rs` and against
 //! the contract's invariants.
+//!
+//! # Concurrent readers
+//!
+//! While a get, insert, invalidation, prefix invalidation, `retire` or
+//! `refresh` runs, a reader task looks a key up with `Pool::get` again and
+//! again, holding each lease across a scheduler turn (so its reads land
+//! between the actors' steps, not only before or after the operation). Its
+//! leases must be of the key and credentials asked for and are never
+//! disposed while held; a lookup that started after the operation returned
+//! never gets an instance the operation retired; its hits and their use of
+//! the key go into the model. Readers of every key also race the final
+//! shutdown.
 //!
 //! Cases: 512 by default (about 10 s in debug on 2 cores, up to 59 steps
 //! each); set
@@ -45,7 +58,7 @@ use std::time::Duration;
 use common::{Client, h};
 use futures::future::BoxFuture;
 use proptest::prelude::*;
-use reference::{Build, Caller, Config, ErrKind, Hook, Model, Ms, Serials};
+use reference::{Build, Caller, Config, ErrKind, Hook, Model, Ms, Refresher, Serials};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use warmpool::{Lease, Pool, PoolError, RestartPolicy, Stats};
@@ -67,9 +80,23 @@ enum Op {
         hash: u64,
         build: Build,
     },
+    /// The caller drops its lease, then looks `key` up with `Pool::get` (skipped while its last call is pending).
+    Lookup {
+        caller: usize,
+        key: &'static str,
+        hash: u64,
+    },
     /// The caller drops its lease (or forgets its error).
     Drop {
         caller: usize,
+    },
+    /// `Pool::retire` of the caller's lease (skipped unless it holds one).
+    Retire {
+        caller: usize,
+    },
+    /// `Pool::refresh(key)` in a task of its own (skipped while the last one is pending).
+    Refresh {
+        key: &'static str,
     },
     Insert {
         key: &'static str,
@@ -105,6 +132,9 @@ fn op() -> impl Strategy<Value = Op> {
             build
         }),
         3 => (0..CALLERS).prop_map(|caller| Op::Drop { caller }),
+        2 => (0..CALLERS, key.clone(), 1..=3u64).prop_map(|(caller, key, hash)| Op::Lookup { caller, key, hash }),
+        1 => (0..CALLERS).prop_map(|caller| Op::Retire { caller }),
+        1 => key.clone().prop_map(|key| Op::Refresh { key }),
         1 => (key.clone(), 1..=3u64).prop_map(|(key, hash)| Op::Insert { key, hash }),
         1 => key.prop_map(|key| Op::Invalidate { key }),
         1 => prop::sample::select(&PREFIXES[..]).prop_map(|prefix| Op::InvalidatePrefix { prefix }),
@@ -124,15 +154,17 @@ fn config() -> impl Strategy<Value = Config> {
         prop::sample::select(vec![0u64, 4_000, 9_000]),
         prop::sample::select(vec![0u64, 3_000]),
         prop::sample::select(vec![0u64, 2_500]),
+        prop::sample::select(vec![0u64, 2_000]),
         prop::collection::vec(hook, 1..=4),
     )
-        .prop_map(|(max_entries, ttl_ms, idle_ms, sweep_ms, hooks)| Config {
+        .prop_map(|(max_entries, ttl_ms, idle_ms, sweep_ms, refresh_ms, hooks)| Config {
             max_entries,
             ttl_ms,
             idle_ms,
             sweep_ms,
             create_timeout_ms: 3_000,
             dispose_timeout_ms: 2_000,
+            refresh_ms,
             hooks,
         })
 }
@@ -270,6 +302,7 @@ async fn spawn_pool(cfg: &Config, fake: &Arc<Fake>) -> Pool<Client> {
         .sweep_interval(Duration::from_millis(cfg.sweep_ms))
         .create_timeout(Duration::from_millis(cfg.create_timeout_ms))
         .dispose_timeout(Duration::from_millis(cfg.dispose_timeout_ms))
+        .refresh_after(Duration::from_millis(cfg.refresh_ms))
         .restart_policy(RestartPolicy::never())
         .on_dispose(move |key: String, client: Client| {
             let fake = hook_fake.clone();
@@ -334,6 +367,106 @@ struct Driver {
     pool: Pool<Client>,
     fake: Arc<Fake>,
     callers: Vec<Real>,
+    /// The pending `refresh` call, if any.
+    refresher: Option<JoinHandle<Result<bool, PoolError>>>,
+}
+
+/// A hot caller that looks one key up with `Pool::get` again and again
+/// while an operation runs, holding each lease across a yield: the
+/// concurrent reader of the read view, racing invalidation, prefix
+/// invalidation, `insert`, `retire`, `refresh`, a credentials rotation and
+/// capacity eviction.
+struct Reader {
+    done: Arc<std::sync::atomic::AtomicBool>,
+    task: JoinHandle<Vec<(u64, bool)>>,
+    key: &'static str,
+}
+
+/// Lookups one reader makes per operation.
+const READS: usize = 40;
+
+/// Lets the other ready tasks (the actors handling the operation) run one
+/// poll each, then resumes. Not `yield_now`: tokio defers a yielding task
+/// until every other task is idle, so a reader would only ever see the
+/// state before an operation or after it, never the moments in between.
+async fn bounce() {
+    let mut bounced = false;
+    std::future::poll_fn(|cx| {
+        if bounced {
+            std::task::Poll::Ready(())
+        } else {
+            bounced = true;
+            cx.waker().wake_by_ref();
+            std::task::Poll::Pending
+        }
+    })
+    .await
+}
+
+impl Reader {
+    /// `hold`: keep each lease across a bounce (while the operation runs).
+    /// Not while a new key may be admitted: a lease held during the
+    /// eviction walk makes its key unevictable at a moment the model
+    /// cannot place.
+    fn start(d: &Driver, key: &'static str, hash: u64, hold: bool) -> Reader {
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (pool, fake, flag) = (d.pool.clone(), d.fake.clone(), done.clone());
+        let task = tokio::spawn(async move {
+            let mut reads = Vec::new();
+            for _ in 0..READS {
+                let after = flag.load(SeqCst);
+                if let Some(lease) = pool.get(key, h(hash)) {
+                    let serial = lease.serial as u64;
+                    let created = fake.created.lock().unwrap().get(&serial).cloned();
+                    if created != Some((key.to_string(), hash)) || lease.hash != h(hash) {
+                        fake.violation(format!(
+                            "isolation: get({key}, {hash}) served serial {serial}, built as {created:?}"
+                        ));
+                    }
+                    *fake.held.lock().unwrap().entry(serial).or_default() += 1;
+                    reads.push((serial, after));
+                    if hold {
+                        bounce().await;
+                    }
+                    *fake.held.lock().unwrap().get_mut(&serial).unwrap() -= 1;
+                    drop(lease);
+                }
+                bounce().await;
+            }
+            reads
+        });
+        Reader { done, task, key }
+    }
+
+    /// Marks the operation as returned: reads from now on start after it.
+    fn returned(&self) {
+        self.done.store(true, SeqCst);
+    }
+
+    /// Waits for the reader (it ends within a `settle`) and tells the model
+    /// what it read, before the model runs the operation.
+    async fn finish(self, model: &mut Model) -> Vec<(u64, bool)> {
+        settle().await;
+        assert!(self.task.is_finished(), "the reader never finished");
+        let reads = self.task.await.unwrap();
+        model.raced_by(self.key, reads.iter().map(|(serial, _)| *serial).collect());
+        reads
+    }
+}
+
+/// After the model ran the operation: a lookup that started after the call
+/// returned was not served an instance the call retired (contract 7).
+fn check_reads(model: &mut Model, reads: &[(u64, bool)], step: usize, op: &Op) {
+    model.settle_race();
+    if model.ambiguous.is_some() {
+        return;
+    }
+    for (serial, after) in reads {
+        assert!(
+            !*after || !model.instances[serial].retired,
+            "step {step} {op:?}: a lookup that started after the call returned got retired serial {serial}"
+        );
+    }
 }
 
 /// Yields to the runtime until every message already sent has been handled (no time passes).
@@ -344,6 +477,11 @@ async fn settle() {
 }
 
 impl Driver {
+    fn hold(&mut self, caller: usize, lease: Lease<Client>) {
+        *self.fake.held.lock().unwrap().entry(lease.serial as u64).or_default() += 1;
+        self.callers[caller] = Real::Holding(lease);
+    }
+
     fn drop_lease(&mut self, caller: usize) {
         if let Real::Holding(lease) = &self.callers[caller] {
             let serial = lease.serial as u64;
@@ -391,6 +529,7 @@ async fn run_case(cfg: Config, ops: Vec<Op>) {
         pool,
         fake: fake.clone(),
         callers: (0..CALLERS).map(|_| Real::Idle).collect(),
+        refresher: None,
     };
 
     for (step, op) in ops.iter().enumerate() {
@@ -410,12 +549,36 @@ async fn run_case(cfg: Config, ops: Vec<Op>) {
                     continue;
                 }
                 d.drop_lease(caller);
+                // The key itself: a rotation races it. (Not another key: its
+                // hits and this call's would be uses at one instant, which
+                // the supervisor orders by their earlier recency, not by
+                // when they happened, and the model cannot tell which came
+                // first. Evictions racing readers are covered by
+                // `tests/read_view.rs`.)
+                let reader = Reader::start(&d, key, model.current_hash(key).unwrap_or(1), true);
                 let pool = d.pool.clone();
                 let f = factory(&fake, key, hash, build);
                 d.callers[caller] =
                     Real::Pending(tokio::spawn(async move { pool.get_or_create(key, h(hash), f).await }));
-                settle().await;
+                let reads = reader.finish(&mut model).await;
                 model.get(&*fake, caller, key, hash, build);
+                check_reads(&mut model, &reads, step, op);
+            }
+            Op::Lookup { caller, key, hash } => {
+                if matches!(d.callers[caller], Real::Pending(_)) {
+                    continue;
+                }
+                d.drop_lease(caller);
+                let got = d.pool.get(key, h(hash));
+                let serial = got.as_ref().map(|lease| lease.serial as u64);
+                if let Some(lease) = got {
+                    d.hold(caller, lease);
+                }
+                settle().await;
+                let want = model.lookup(caller, key, hash);
+                if model.ambiguous.is_none() {
+                    assert_eq!(serial, want, "step {step} {op:?}: what get() served");
+                }
             }
             Op::Drop { caller } => {
                 if matches!(d.callers[caller], Real::Pending(_)) {
@@ -425,6 +588,50 @@ async fn run_case(cfg: Config, ops: Vec<Op>) {
                 settle().await;
                 model.release(caller);
             }
+            Op::Retire { caller } => {
+                let Real::Holding(lease) = &d.callers[caller] else {
+                    continue;
+                };
+                let (key, hash) = KEYS
+                    .iter()
+                    .map(|k| (*k, lease.hash))
+                    .find(|(k, _)| *k == lease.key)
+                    .expect("a known key");
+                let hash = (1..=3).find(|n| h(*n) == hash).expect("a known hash");
+                let reader = Reader::start(&d, key, hash, true);
+                let got = d.pool.retire(lease).await;
+                reader.returned();
+                let reads = reader.finish(&mut model).await;
+                let want = model.retire_lease(&*fake, caller);
+                if model.ambiguous.is_none() {
+                    assert_eq!(got, want, "step {step} {op:?}: retire's answer");
+                }
+                check_reads(&mut model, &reads, step, op);
+            }
+            Op::Refresh { key } => {
+                if d.refresher.is_some() {
+                    continue;
+                }
+                let reader = Reader::start(&d, key, model.current_hash(key).unwrap_or(1), true);
+                let pool = d.pool.clone();
+                let handle = tokio::spawn(async move { pool.refresh(key).await });
+                let reads = reader.finish(&mut model).await;
+                let answer = model.refresh(&*fake, key);
+                check_reads(&mut model, &reads, step, op);
+                match answer {
+                    Some(want) => {
+                        assert!(
+                            handle.is_finished(),
+                            "step {step} {op:?}: refresh still waiting, model says {want}"
+                        );
+                        let got = handle.await.unwrap().expect("refresh");
+                        if model.ambiguous.is_none() {
+                            assert_eq!(got, want, "step {step} {op:?}: refresh's answer");
+                        }
+                    }
+                    None => d.refresher = Some(handle),
+                }
+            }
             Op::Insert { key, hash } => {
                 let serial = fake.serial();
                 fake.created.lock().unwrap().insert(serial, (key.to_string(), hash));
@@ -433,21 +640,32 @@ async fn run_case(cfg: Config, ops: Vec<Op>) {
                     hash: h(hash),
                     serial: serial as usize,
                 };
+                let reader = Reader::start(&d, key, model.current_hash(key).unwrap_or(1), true);
                 d.pool.insert(key, h(hash), client).await.expect("insert");
-                settle().await;
+                reader.returned();
+                let reads = reader.finish(&mut model).await;
                 model.insert(&*fake, key, hash, serial);
+                check_reads(&mut model, &reads, step, op);
             }
             Op::Invalidate { key } => {
+                let reader = Reader::start(&d, key, model.current_hash(key).unwrap_or(1), true);
                 let got = d.pool.invalidate(key).await.expect("invalidate");
-                settle().await;
+                reader.returned();
+                let reads = reader.finish(&mut model).await;
                 let want = model.invalidate(&*fake, key);
                 assert_eq!(got, want, "step {step} {op:?}: invalidate's answer");
+                check_reads(&mut model, &reads, step, op);
             }
             Op::InvalidatePrefix { prefix } => {
+                // Some read key the prefix names, some it does not.
+                let key = KEYS[step % KEYS.len()];
+                let reader = Reader::start(&d, key, model.current_hash(key).unwrap_or(1), true);
                 let got = d.pool.invalidate_by_prefix(prefix).await.expect("invalidate_by_prefix");
-                settle().await;
+                reader.returned();
+                let reads = reader.finish(&mut model).await;
                 let want = model.invalidate_by_prefix(&*fake, prefix);
                 assert_eq!(got, want, "step {step} {op:?}: invalidate_by_prefix's answer");
+                check_reads(&mut model, &reads, step, op);
             }
             Op::Advance { secs } => {
                 let by = secs * 1_000 + 7;
@@ -458,6 +676,30 @@ async fn run_case(cfg: Config, ops: Vec<Op>) {
         }
         assert_eq!(fake.now_ms(), model.now, "step {step}: clocks agree");
         d.collect().await;
+        match d.refresher.take() {
+            Some(handle) if handle.is_finished() => {
+                let got = handle.await.unwrap().expect("refresh");
+                if model.ambiguous.is_none() {
+                    assert_eq!(
+                        model.refresher,
+                        Refresher::Done(got),
+                        "step {step} {op:?}: refresh's answer"
+                    );
+                }
+                model.refresher = Refresher::Idle;
+            }
+            Some(handle) => {
+                if model.ambiguous.is_none() {
+                    assert_eq!(
+                        model.refresher,
+                        Refresher::Pending,
+                        "step {step} {op:?}: refresh still waiting"
+                    );
+                }
+                d.refresher = Some(handle);
+            }
+            None => assert_ne!(model.refresher, Refresher::Pending, "step {step} {op:?}"),
+        }
         if model.ambiguous.is_some() {
             // From here the pool may correctly differ from the model; the
             // model-free invariants are still checked, and shutdown below.
@@ -576,6 +818,7 @@ async fn check_against_model(d: &Driver, m: &Model, step: usize, op: &Op) {
         s.capacity_overshoot,
         s.live_leases,
         s.builds_in_flight,
+        s.refreshes,
     );
     let want = (
         c.hits,
@@ -586,11 +829,12 @@ async fn check_against_model(d: &Driver, m: &Model, step: usize, op: &Op) {
         c.capacity_overshoot,
         m.live_leases(),
         m.builds_in_flight(),
+        c.refreshes,
     );
     assert_eq!(
         got,
         want,
-        "(hits, misses, builds, build_failures, inserts, capacity_overshoot, live_leases, builds_in_flight); {}",
+        "(hits, misses, builds, build_failures, inserts, capacity_overshoot, live_leases, builds_in_flight, refreshes); {}",
         ctx()
     );
     let rt = &s.retirements;
@@ -602,7 +846,8 @@ async fn check_against_model(d: &Driver, m: &Model, step: usize, op: &Op) {
             rt.credentials,
             rt.invalidated,
             rt.replaced,
-            rt.shutdown
+            rt.shutdown,
+            rt.refreshed
         ),
         (
             r("ttl"),
@@ -611,9 +856,10 @@ async fn check_against_model(d: &Driver, m: &Model, step: usize, op: &Op) {
             r("credentials"),
             r("invalidated"),
             r("replaced"),
-            0
+            0,
+            r("refreshed")
         ),
-        "retirements (ttl, idle, capacity, credentials, invalidated, replaced, shutdown); {}",
+        "retirements (ttl, idle, capacity, credentials, invalidated, replaced, shutdown, refreshed); {}",
         ctx()
     );
     // Disposals count when the hook is done: at once, or after dispose_timeout for a hanging hook.
@@ -638,10 +884,25 @@ async fn check_against_model(d: &Driver, m: &Model, step: usize, op: &Op) {
 /// instance was disposed or reported, and is disposed exactly once after the
 /// leases are dropped.
 async fn shutdown_and_check(mut d: Driver, cfg: &Config) {
+    // Readers of every key race the shutdown: each lease they get is of its
+    // own key and credentials (checked in the reader) and none is disposed
+    // while they hold it (checked by the hook).
+    let readers: Vec<Reader> = KEYS.iter().map(|key| Reader::start(&d, key, 1, true)).collect();
     let shutdown = {
         let pool = d.pool.clone();
         tokio::spawn(async move { pool.shutdown(Duration::from_secs(1)).await })
     };
+    settle().await;
+    for reader in readers {
+        assert!(reader.task.is_finished(), "a reader never finished");
+        reader.task.await.unwrap();
+    }
+    for key in KEYS {
+        assert!(
+            d.pool.get(key, h(1)).is_none(),
+            "`{key}` served by a pool that is shutting down"
+        );
+    }
     // Builds in flight finish or time out within create_timeout; then the
     // drain waits up to its 1 s deadline for hanging hooks.
     for _ in 0..10 {
@@ -654,6 +915,11 @@ async fn shutdown_and_check(mut d: Driver, cfg: &Config) {
     assert!(shutdown.is_finished(), "shutdown never finished");
     let report = shutdown.await.unwrap().expect("shutdown report");
     d.collect().await;
+    if let Some(refresher) = d.refresher.take() {
+        assert!(refresher.is_finished(), "a refresh still waiting after shutdown");
+        let answer = refresher.await.unwrap();
+        assert!(matches!(answer, Ok(_) | Err(PoolError::ShutDown)), "{answer:?}");
+    }
     for (i, caller) in d.callers.iter().enumerate() {
         match caller {
             Real::Pending(_) => panic!("caller {i} still waiting after shutdown"),

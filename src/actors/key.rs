@@ -122,7 +122,8 @@ impl<T: Send + Sync + 'static> Build<T> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Reported {
     Nothing,
-    Building,
+    /// Whether the build will serve anyone (see `KeyReport::Building`).
+    Building(bool),
     /// The instance's id, and whether it is published.
     Ready(InstanceId, bool),
     Idle(u64),
@@ -370,6 +371,9 @@ impl<T: Send + Sync + 'static> KeyState<T> {
                     build.ttl,
                 );
                 if let Some(old) = replaced {
+                    if let Some(new) = self.current.as_ref() {
+                        new.entry.inherit_use(&old.entry);
+                    }
                     self.retire_entry(old, RetireCause::Refreshed);
                     Metrics::bump(&self.metrics().refreshes);
                 }
@@ -792,8 +796,8 @@ impl<T: Send + Sync + 'static> KeyState<T> {
         let refreshing = self.build.as_ref().is_none_or(|b| b.refresh.is_some());
         let now_state = if let Some(current) = self.current.as_ref().filter(|_| refreshing) {
             Reported::Ready(current.entry.id, current.published)
-        } else if self.build.is_some() {
-            Reported::Building
+        } else if let Some(build) = self.build.as_ref() {
+            Reported::Building(!(build.is_background() && build.stale.is_some()))
         } else {
             Reported::Idle(self.seen)
         };
@@ -802,7 +806,7 @@ impl<T: Send + Sync + 'static> KeyState<T> {
         }
         self.reported = now_state;
         let report = match now_state {
-            Reported::Building => KeyReport::Building,
+            Reported::Building(serving) => KeyReport::Building { serving },
             Reported::Ready(instance, published) => {
                 let current = self.current.as_ref().expect("ready has a current instance");
                 KeyReport::Ready {

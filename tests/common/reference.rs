@@ -69,6 +69,8 @@ pub struct Config {
     pub sweep_ms: Ms,
     pub create_timeout_ms: Ms,
     pub dispose_timeout_ms: Ms,
+    /// Refresh-ahead age; zero: off.
+    pub refresh_ms: Ms,
     /// The hook's behaviour for serial `s` is `hooks[s % hooks.len()]`.
     pub hooks: Vec<Hook>,
 }
@@ -114,6 +116,25 @@ struct BuildInFlight {
     /// Which factory call of this key it is (0-based): its serial is the
     /// serial the fake factory recorded for that call.
     call: usize,
+    /// A rebuild of the current instance (`Pool::refresh`, refresh-ahead).
+    refresh: Option<Refreshing>,
+}
+
+#[derive(Debug)]
+struct Refreshing {
+    /// The serial it replaces.
+    replaces: u64,
+    /// Whether the test's `refresh` call waits on it.
+    has_caller: bool,
+}
+
+/// The test's one `Pool::refresh` call, as the model predicts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refresher {
+    Idle,
+    Pending,
+    /// Answered with `Ok(replaced)`.
+    Done(bool),
 }
 
 #[derive(Debug)]
@@ -122,6 +143,11 @@ struct Current {
     hash: u64,
     expires_at: Option<Ms>,
     last_used: Ms,
+    /// What its factory does (`None`: inserted, nothing to rebuild with).
+    build: Option<Build>,
+    created_at: Ms,
+    /// A hit asked for its refresh-ahead.
+    claimed: bool,
 }
 
 /// What the supervisor last heard from a key.
@@ -153,6 +179,8 @@ pub struct Instance {
     pub key: &'static str,
     pub hash: u64,
     pub retired: bool,
+    /// Retired because a refresh replaced it (its uses pass to the new one).
+    pub refreshed: bool,
     /// When its dispose hook started.
     pub disposed_at: Option<Ms>,
 }
@@ -166,6 +194,7 @@ pub struct Counts {
     pub build_failures: u64,
     pub inserts: u64,
     pub capacity_overshoot: u64,
+    pub refreshes: u64,
     pub retired: BTreeMap<&'static str, u64>,
 }
 
@@ -185,6 +214,12 @@ pub struct Model {
     /// Set when the pool's outcome stops being determined by the operations
     /// alone (see the module docs); holds the reason.
     pub ambiguous: Option<String>,
+    pub refresher: Refresher,
+    /// A racing reader's hits, not yet seen by the supervisor (`raced_by`).
+    race: Option<(&'static str, Vec<u64>)>,
+    /// Hits that found their key's instance due for refresh-ahead; each
+    /// served caller then asks for the refresh (through the supervisor).
+    due_refresh: Vec<(&'static str, u64)>,
 }
 
 /// Looks up the serial of a key's n-th factory call (recorded by the fake factory).
@@ -201,6 +236,7 @@ fn cause_name(cause: RetireCause) -> &'static str {
         RetireCause::Invalidated => "invalidated",
         RetireCause::Replaced => "replaced",
         RetireCause::Shutdown => "shutdown",
+        RetireCause::Refreshed => "refreshed",
         _ => "other",
     }
 }
@@ -217,6 +253,9 @@ impl Model {
             callers: vec![Caller::Idle; callers],
             instances: BTreeMap::new(),
             ambiguous: None,
+            refresher: Refresher::Idle,
+            race: None,
+            due_refresh: Vec::new(),
         }
     }
 
@@ -265,7 +304,9 @@ impl Model {
 
     fn retire_serial(&mut self, serial: u64, cause: RetireCause) {
         *self.counts.retired.entry(cause_name(cause)).or_default() += 1;
-        self.instances.get_mut(&serial).expect("known instance").retired = true;
+        let inst = self.instances.get_mut(&serial).expect("known instance");
+        inst.retired = true;
+        inst.refreshed = cause == RetireCause::Refreshed;
         self.maybe_dispose(serial);
     }
 
@@ -283,7 +324,21 @@ impl Model {
     }
 
     fn retire_current(&mut self, key: &'static str, cause: RetireCause) {
-        if let Some(cur) = self.keys.get_mut(key).and_then(|k| k.current.take()) {
+        self.retire_current_keeping(key, cause, false);
+    }
+
+    /// Retires the key's instance; a refresh of it nobody waits on is
+    /// dropped with it, unless `keep_refresh` (the caller joins it).
+    fn retire_current_keeping(&mut self, key: &'static str, cause: RetireCause, keep_refresh: bool) {
+        let Some(k) = self.keys.get_mut(key) else { return };
+        if let Some(cur) = k.current.take() {
+            if !keep_refresh
+                && let Some(b) = k.build.as_mut()
+                && b.waiters.is_empty()
+                && b.refresh.as_ref().is_some_and(|r| r.replaces == cur.serial)
+            {
+                b.stale.get_or_insert(cause);
+            }
             self.retire_serial(cur.serial, cause);
         }
     }
@@ -306,6 +361,159 @@ impl Model {
         self.run_due(serials);
     }
 
+    /// The refresh-ahead requests of the callers just served.
+    fn ask_due_refreshes(&mut self, serials: &impl Serials) {
+        for (key, serial) in std::mem::take(&mut self.due_refresh) {
+            if self.keys.contains_key(key) {
+                self.start_refresh(key, Some(serial), false);
+                self.report(key);
+                self.run_due(serials);
+            }
+        }
+    }
+
+    /// `Pool::get`: a hit on the published instance or nothing; returns the
+    /// serial served. The caller's lease, if any, is dropped first.
+    pub fn lookup(&mut self, caller: usize, key: &'static str, hash: u64) -> Option<u64> {
+        self.release(caller);
+        let cur = self.keys.get(key)?.current.as_ref()?;
+        if self.check(cur, hash).is_some() {
+            return None;
+        }
+        let serial = cur.serial;
+        let now = self.now;
+        self.keys.get_mut(key).unwrap().current.as_mut().unwrap().last_used = now;
+        self.counts.hits += 1;
+        // A use through the read view: the supervisor orders it after every
+        // use it routed at the same instant.
+        self.lru.retain(|k| *k != key);
+        self.lru.push(key);
+        self.keys.get_mut(key).unwrap().routed_at = now;
+        self.serve(caller, key, hash, serial);
+        Some(serial)
+    }
+
+    /// The credentials hash of the key's current instance.
+    pub fn current_hash(&self, key: &str) -> Option<u64> {
+        self.keys.get(key)?.current.as_ref().map(|c| c.hash)
+    }
+
+    /// Lookups by a concurrent reader racing the next operation, which
+    /// were served `serials` of `key` (all at this instant). Each is a hit.
+    /// Their use of the key is applied when the supervisor would see it:
+    /// at the eviction walk of an admission during the operation (see
+    /// `route`), else after it (`settle_race`).
+    pub fn raced_by(&mut self, key: &'static str, serials: Vec<u64>) {
+        self.counts.hits += serials.len() as u64;
+        self.race = Some((key, serials));
+    }
+
+    /// Applies the racing reader's use of its key, if not applied yet.
+    pub fn settle_race(&mut self) {
+        if let Some((key, serials)) = self.race.take() {
+            self.reader_touch(key, &serials);
+        }
+    }
+
+    /// A hit on what is now the key's instance, or on one a refresh
+    /// replaced (whose recorded uses the new one takes over), is a use of
+    /// the key; a hit on an instance retired since left with it.
+    fn reader_touch(&mut self, key: &'static str, serials: &[u64]) {
+        let Some(cur) = self.keys.get(key).and_then(|k| k.current.as_ref()) else {
+            return;
+        };
+        let used = serials.iter().any(|s| *s == cur.serial || self.instances[s].refreshed);
+        if used {
+            let now = self.now;
+            self.lru.retain(|k| *k != key);
+            self.lru.push(key);
+            let k = self.keys.get_mut(key).unwrap();
+            k.routed_at = now;
+            k.current.as_mut().unwrap().last_used = now;
+        }
+    }
+
+    /// `Pool::retire(&lease)` of the caller's lease; returns its answer.
+    pub fn retire_lease(&mut self, serials: &impl Serials, caller: usize) -> bool {
+        let Caller::Holding { key, serial, .. } = self.callers[caller] else {
+            panic!("retire of a caller that holds no lease");
+        };
+        if !self.keys.contains_key(key) {
+            return false;
+        }
+        let retired = self.retire(key, RetireCause::Invalidated, Some(serial));
+        self.report(key);
+        self.run_due(serials);
+        retired
+    }
+
+    /// `Pool::refresh(key)` by the test's refresher; `Some(answer)` when it
+    /// answers at once, `None` when it waits for a rebuild.
+    pub fn refresh(&mut self, serials: &impl Serials, key: &'static str) -> Option<bool> {
+        assert_ne!(self.refresher, Refresher::Pending);
+        self.refresher = Refresher::Idle;
+        if !self.keys.contains_key(key) {
+            return Some(false);
+        }
+        let answer = self.start_refresh(key, None, true);
+        self.report(key);
+        self.run_due(serials);
+        let answer = answer.or(match self.refresher {
+            Refresher::Done(replaced) => Some(replaced),
+            _ => None,
+        });
+        if answer.is_some() {
+            self.refresher = Refresher::Idle;
+        }
+        answer
+    }
+
+    /// The key actor's refresh: `Some(false)` when there is nothing to
+    /// rebuild, `None` when a rebuild was started or joined.
+    fn start_refresh(&mut self, key: &'static str, target: Option<u64>, has_caller: bool) -> Option<bool> {
+        let Some(cur) = self.keys[key].current.as_ref() else {
+            return Some(false);
+        };
+        if target.is_some_and(|t| t != cur.serial) || self.check(cur, cur.hash).is_some() {
+            return Some(false);
+        }
+        let Some(build) = cur.build else {
+            return Some(false);
+        };
+        let (hash, replaces) = (cur.hash, cur.serial);
+        if has_caller {
+            self.refresher = Refresher::Pending;
+        }
+        let k = self.keys.get_mut(key).unwrap();
+        match k.build.as_mut() {
+            Some(b) if b.stale.is_none() && b.refresh.is_some() => {
+                let r = b.refresh.as_mut().unwrap();
+                r.has_caller |= has_caller;
+                None
+            }
+            Some(_) => {
+                if has_caller && self.ambiguous.is_none() {
+                    self.ambiguous = Some(format!("a refresh of `{key}` deferred behind a dropped build"));
+                }
+                None
+            }
+            None => {
+                self.start_build(
+                    key,
+                    Req {
+                        caller: usize::MAX,
+                        hash,
+                        build,
+                    },
+                );
+                let b = self.keys.get_mut(key).unwrap().build.as_mut().unwrap();
+                b.waiters.clear();
+                b.refresh = Some(Refreshing { replaces, has_caller });
+                None
+            }
+        }
+    }
+
     /// A caller drops its lease (or forgets its error).
     pub fn release(&mut self, caller: usize) {
         let old = std::mem::replace(&mut self.callers[caller], Caller::Idle);
@@ -325,6 +533,7 @@ impl Model {
                 key,
                 hash,
                 retired: false,
+                refreshed: false,
                 disposed_at: None,
             },
         );
@@ -340,6 +549,9 @@ impl Model {
             hash,
             expires_at,
             last_used: now,
+            build: None,
+            created_at: now,
+            claimed: false,
         });
         self.report(key);
         self.run_due(serials);
@@ -361,11 +573,13 @@ impl Model {
         let mut matched: Vec<&'static str> = self.keys.keys().copied().filter(|k| k.starts_with(prefix)).collect();
         matched.sort_unstable();
         for key in &matched {
-            self.keys
-                .get_mut(key)
-                .unwrap()
-                .mailbox
-                .push_back((RetireCause::Invalidated, None));
+            let k = self.keys.get_mut(key).unwrap();
+            // The supervisor stops counting a ready key as resident until its
+            // actor reports back (a busy one gets its retire at once).
+            if matches!(k.view, View::Ready(_)) {
+                k.retiring = true;
+            }
+            k.mailbox.push_back((RetireCause::Invalidated, None));
         }
         self.pump();
         self.run_due(serials);
@@ -463,6 +677,8 @@ impl Model {
                 },
             );
             self.lru.push(key);
+            // The walk re-reads hits it finds recorded on the way.
+            self.settle_race();
             self.enforce();
             if self.resident_count() > self.cfg.max_entries {
                 self.counts.capacity_overshoot += 1;
@@ -472,24 +688,47 @@ impl Model {
         }
         self.lru.retain(|k| *k != key);
         self.lru.push(key);
-        self.keys.get_mut(key).unwrap().routed_at = self.now;
+        let k = self.keys.get_mut(key).unwrap();
+        k.routed_at = self.now;
+        if k.retiring {
+            // A call to a key being retired keeps it (the actor serves it
+            // after the retirement): admitted again, sparing the key.
+            self.settle_race();
+            while self.resident_count() + 1 > self.cfg.max_entries && self.evict_one() {}
+            self.keys.get_mut(key).unwrap().retiring = false;
+            if self.resident_count() > self.cfg.max_entries {
+                self.counts.capacity_overshoot += 1;
+            }
+            self.pump();
+        }
     }
 
     /// A key tells the supervisor about a change of state; an empty key is
     /// stopped and forgotten. A report does not enforce capacity.
     fn report(&mut self, key: &'static str) {
         let Some(k) = self.keys.get_mut(key) else { return };
-        let state = if k.build.is_some() {
-            Some(View::Building)
-        } else {
-            k.current.as_ref().map(|c| View::Ready(c.serial))
+        // A refresh keeps its instance ready (evictable); any other build
+        // keeps the key busy.
+        let refreshing = k.build.as_ref().is_none_or(|b| b.refresh.is_some());
+        let state = match (&k.current, &k.build) {
+            (Some(c), _) if refreshing => Some(View::Ready(c.serial)),
+            (_, Some(_)) => Some(View::Building),
+            (None, None) => None,
+            (Some(_), None) => unreachable!("covered above"),
         };
+        // Only a dropped refresh in flight: the key is winding down.
+        let dropped = k
+            .build
+            .as_ref()
+            .is_some_and(|b| b.refresh.is_some() && b.waiters.is_empty() && b.stale.is_some());
         match state {
             Some(view) if view == k.view => return,
             Some(view) => {
                 k.view = view;
                 // A fresh report from a key chosen for eviction on an outdated view keeps it.
-                k.retiring = false;
+                if !(view == View::Building && dropped) {
+                    k.retiring = false;
+                }
             }
             None => {
                 if !k.mailbox.is_empty() {
@@ -573,12 +812,24 @@ impl Model {
         match cur {
             Some((serial, None)) => {
                 let now = self.now;
-                self.keys.get_mut(key).unwrap().current.as_mut().unwrap().last_used = now;
+                let refresh_ms = self.cfg.refresh_ms;
+                let c = self.keys.get_mut(key).unwrap().current.as_mut().unwrap();
+                c.last_used = now;
+                if refresh_ms > 0 && now - c.created_at > refresh_ms && !c.claimed {
+                    c.claimed = true;
+                    self.due_refresh.push((key, serial));
+                }
                 self.counts.hits += 1;
                 self.serve(req.caller, key, req.hash, serial);
                 return;
             }
-            Some((_, Some(cause))) => self.retire_current(key, cause),
+            Some((_, Some(cause))) => {
+                let join = self.keys[key]
+                    .build
+                    .as_ref()
+                    .is_some_and(|b| b.hash == req.hash && b.stale.is_none());
+                self.retire_current_keeping(key, cause, join);
+            }
             None => {}
         }
         self.counts.misses += 1;
@@ -608,6 +859,7 @@ impl Model {
             stale: None,
             finish_at,
             call: index,
+            refresh: None,
         });
     }
 
@@ -622,7 +874,10 @@ impl Model {
                 .map(|(name, _)| *name)
                 .collect();
             due.sort_unstable();
-            let Some(&key) = due.first() else { return };
+            let Some(&key) = due.first() else {
+                self.ask_due_refreshes(serials);
+                return;
+            };
             self.build_done(serials, key);
             self.report(key);
         }
@@ -642,6 +897,7 @@ impl Model {
                     key,
                     hash: b.hash,
                     retired: false,
+                    refreshed: false,
                     disposed_at: None,
                 },
             );
@@ -650,9 +906,13 @@ impl Model {
             self.counts.build_failures += 1;
             None
         };
+        let has_caller = b.refresh.as_ref().is_some_and(|r| r.has_caller);
         if let Some(cause) = b.stale {
             if let Some(serial) = serial {
                 self.retire_serial(serial, cause);
+            }
+            if has_caller {
+                self.refresher = Refresher::Done(false);
             }
             let k = self.keys.get_mut(key).unwrap();
             for req in b.waiters.into_iter().rev() {
@@ -665,12 +925,27 @@ impl Model {
                         self.serve(w.caller, key, b.hash, serial);
                     }
                     let expires_at = (self.cfg.ttl_ms > 0).then(|| now + self.cfg.ttl_ms);
-                    self.keys.get_mut(key).unwrap().current = Some(Current {
+                    let k = self.keys.get_mut(key).unwrap();
+                    let replaced = match (&b.refresh, &k.current) {
+                        (Some(r), Some(c)) if c.serial == r.replaces => k.current.take(),
+                        _ => None,
+                    };
+                    k.current = Some(Current {
                         serial,
                         hash: b.hash,
                         expires_at,
                         last_used: now,
+                        build: Some(b.build),
+                        created_at: now,
+                        claimed: false,
                     });
+                    if let Some(old) = replaced {
+                        self.retire_serial(old.serial, RetireCause::Refreshed);
+                        self.counts.refreshes += 1;
+                    }
+                    if has_caller {
+                        self.refresher = Refresher::Done(true);
+                    }
                 }
                 None => {
                     let kind = match b.build {

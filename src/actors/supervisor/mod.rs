@@ -233,8 +233,16 @@ impl<T: Send + Sync + 'static> SupervisorState<T> {
                 pending: None,
             },
         );
+        self.admit(key);
+        Ok(())
+    }
+
+    /// Counts `key` as resident (a new key, or one being retired that a
+    /// call keeps) and trims the pool back to its cap, sparing `key`, which
+    /// a call is about to use.
+    fn admit(&mut self, key: &Arc<str>) {
         self.resident += 1;
-        self.enforce_capacity(ADMISSION_SCAN);
+        self.enforce_capacity(ADMISSION_SCAN, Some(key));
         if self.resident > self.shared.settings.max_entries {
             Metrics::bump(&self.metrics().capacity_overshoot);
             tracing::warn!(
@@ -244,7 +252,6 @@ impl<T: Send + Sync + 'static> SupervisorState<T> {
                 "over capacity: every other key is leased or building"
             );
         }
-        Ok(())
     }
 
     /// A caller's request (one the read view could not serve): handed to the
@@ -293,11 +300,13 @@ impl<T: Send + Sync + 'static> SupervisorState<T> {
         self.recency.remove(&(entry.used, key.clone()));
         entry.used = used;
         self.recency.insert((used, key.clone()));
-        if entry.retiring {
-            // The actor serves this call after retiring: the key stays.
-            entry.retiring = false;
-            self.resident += 1;
+        let kept = std::mem::take(&mut entry.retiring);
+        if kept {
+            // The actor serves this call after retiring: the key stays, and
+            // counts against the cap like a new key.
+            self.admit(key);
         }
+        let entry = self.entries.get_mut(key).expect("admitting spares the key");
         entry.flush_pending();
         match entry.send(msg) {
             Ok(()) => Ok(()),
@@ -376,14 +385,14 @@ impl<T: Send + Sync + 'static> SupervisorState<T> {
             // invalidation predates: it must not wait for its turn.
             entry.flush_pending();
         }
-        if entry.retiring && !matches!(report, KeyReport::Idle { .. }) {
+        if entry.retiring && !matches!(report, KeyReport::Idle { .. } | KeyReport::Building { serving: false }) {
             // Chosen for eviction from a view that was already out of date:
             // the key is busy or has a new instance, so it stays resident.
             entry.retiring = false;
             self.resident += 1;
         }
         match report {
-            KeyReport::Building => entry.view = View::Busy,
+            KeyReport::Building { .. } => entry.view = View::Busy,
             KeyReport::Ready {
                 instance,
                 expires_at,

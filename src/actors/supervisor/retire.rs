@@ -95,15 +95,13 @@ impl<T: Send + Sync + 'static> SupervisorState<T> {
             Some(after) => self.recency.range((Excluded(after.clone()), Unbounded)).next().cloned(),
         }?;
         let (used, key) = &next;
-        let Some((last_used, touched)) = self.shared.view.take_use(key) else {
+        // Only a hit since the last look moves a key: building an instance
+        // (which sets its last use) or a waiter served when a build ends is
+        // not a use of the key.
+        let Some(touched_at) = self.shared.view.take_use(key) else {
             return Some((next, false));
         };
-        // Only a hand-out since the last look moves a key: building an
-        // instance (which sets its last use) is not a use of the key.
-        if !touched {
-            return Some((next, false));
-        }
-        let fresh = self.record_use(last_used.max(used.at));
+        let fresh = self.record_use(touched_at.max(used.at));
         let entry = self.entries.get_mut(key).expect("every key in recency has an entry");
         self.recency.remove(&next);
         entry.used = fresh;
@@ -120,7 +118,7 @@ impl<T: Send + Sync + 'static> SupervisorState<T> {
     /// included. A hit that races the choice can still take a lease on the
     /// chosen instance: the skip of leased keys is best effort, and safe,
     /// because an instance is disposed only once its last lease is gone.
-    pub(super) fn evict_one(&mut self, scan: usize) -> bool {
+    pub(super) fn evict_one(&mut self, scan: usize, spare: Option<&Arc<str>>) -> bool {
         let mut cursor: Option<(Used, Arc<str>)> = None;
         let mut looked = 0;
         let victim = loop {
@@ -133,7 +131,7 @@ impl<T: Send + Sync + 'static> SupervisorState<T> {
             };
             let key = position.1.clone();
             cursor = Some(position);
-            if !moved && self.entries.get(&key).is_some_and(|e| e.evictable()) {
+            if !moved && spare != Some(&key) && self.entries.get(&key).is_some_and(|e| e.evictable()) {
                 break key;
             }
         };
@@ -154,9 +152,9 @@ impl<T: Send + Sync + 'static> SupervisorState<T> {
     }
 
     /// Retires least recently used keys until the pool is back at its cap,
-    /// looking at no more than `scan` keys for each.
-    pub(super) fn enforce_capacity(&mut self, scan: usize) {
-        while self.resident > self.shared.settings.max_entries && self.evict_one(scan) {}
+    /// looking at no more than `scan` keys for each, never `spare`.
+    pub(super) fn enforce_capacity(&mut self, scan: usize, spare: Option<&Arc<str>>) {
+        while self.resident > self.shared.settings.max_entries && self.evict_one(scan, spare) {}
     }
 
     pub(super) fn sweep(&mut self, myself: &ActorRef<SupervisorMsg<T>>) {
@@ -193,7 +191,7 @@ impl<T: Send + Sync + 'static> SupervisorState<T> {
         self.dormant.retain(|_, restart| !restart.is_clear(now, policy));
         self.send_paced(myself);
         // A tick may look at every key: it runs once a period, not per call.
-        self.enforce_capacity(usize::MAX);
+        self.enforce_capacity(usize::MAX, None);
     }
 
     pub(super) fn invalidate(&mut self, key: &str, reply: RpcReplyPort<bool>) {
