@@ -148,7 +148,9 @@ async fn main() -> Result<(), Box<dyn Error>> {
         .await
         .err()
         .ok_or("the flaky provider should be down")?;
-    println!("initech:flaky  -> {error}");
+    // `Display` says what the pool saw; the provider's own error is its `source()`.
+    let cause = error.source().map(|c| format!(": {c}")).unwrap_or_default();
+    println!("initech:flaky  -> {error}{cause}");
     let t = Instant::now();
     let error = client_for(&pool, "initech", "flaky", "sk-initech")
         .await

@@ -17,6 +17,14 @@ pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
 /// `Clone` and the factory's own error travels as an [`Arc`]
 /// ([`SharedError`]): every waiter sees the same value, and
 /// [`source()`](StdError::source) returns it.
+///
+/// `Display` says what the pool saw and never repeats the source, so a chain
+/// printer prints each cause once (`{:#}` of an `anyhow::Error` gives
+/// ``factory for key `acme:openai` failed after 3 attempts: connection
+/// refused``). [`factory_error`](PoolError::factory_error) finds the
+/// factory's own error by type. No variant holds a credential or a
+/// credentials hash: only keys, counts, durations, a panic message and the
+/// factory's own error.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum PoolError {
@@ -26,7 +34,7 @@ pub enum PoolError {
         key: String,
         /// How many attempts the restart policy made before giving up.
         attempts: u32,
-        /// The factory's own error.
+        /// The factory's own error (see [`PoolError::factory_error`]).
         source: SharedError,
     },
     /// The factory panicked; the panic was contained and the pool keeps serving.
@@ -75,6 +83,48 @@ impl PoolError {
         }
     }
 
+    /// For [`PoolError::Factory`], the first error of type `E` in the
+    /// factory's error and its chain of sources; `None` for other variants
+    /// or when no error in the chain is an `E`.
+    ///
+    /// The pool keeps the factory's error as the
+    /// `Box<dyn Error + Send + Sync>` that `Into` makes of it, so what can be
+    /// found is what that conversion keeps:
+    ///
+    /// - a `std::io::Error`, your own error type, or a boxed error holding
+    ///   one: that error, which is also `source()` itself;
+    /// - an `anyhow::Error`: anyhow's conversion into a box hides the type
+    ///   of the error it wraps (only its text is kept), so nothing is found.
+    ///   Box it in the factory with
+    ///   `.map_err(anyhow::Error::reallocate_into_boxed_dyn_error_without_backtrace)`
+    ///   and the wrapped error is found as above;
+    /// - an error given `.context(..)` by anyhow: `source()` is the context
+    ///   (text only); the wrapped error is one step down its chain, where
+    ///   this method finds it;
+    /// - an `anyhow!("message")`: only its text, through `source()`.
+    ///
+    /// ```
+    /// # use warmpool::PoolError;
+    /// fn is_refused(err: &PoolError) -> bool {
+    ///     err.factory_error::<std::io::Error>()
+    ///         .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
+    /// }
+    /// # assert!(!is_refused(&PoolError::ShutDown));
+    /// ```
+    pub fn factory_error<E: StdError + 'static>(&self) -> Option<&E> {
+        let PoolError::Factory { source, .. } = self else {
+            return None;
+        };
+        let mut next: Option<&(dyn StdError + 'static)> = Some(&**source);
+        while let Some(error) = next {
+            if let Some(found) = error.downcast_ref::<E>() {
+                return Some(found);
+            }
+            next = error.source();
+        }
+        None
+    }
+
     /// For [`PoolError::CoolingDown`], how long until the key is tried again.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
@@ -87,11 +137,12 @@ impl PoolError {
 impl std::fmt::Display for PoolError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            PoolError::Factory { key, attempts, source } => {
-                write!(
-                    f,
-                    "factory for key `{key}` failed after {attempts} attempt(s): {source}"
-                )
+            // The factory's error is not repeated here: `source()` returns
+            // it, and chain printers (anyhow's `{:#}`, eyre's reports, the
+            // `tracing` error field) print every source after this line.
+            PoolError::Factory { key, attempts, .. } => {
+                let plural = if *attempts == 1 { "" } else { "s" };
+                write!(f, "factory for key `{key}` failed after {attempts} attempt{plural}")
             }
             PoolError::FactoryPanicked { key, message } => write!(f, "factory for key `{key}` panicked: {message}"),
             PoolError::Timeout { key, after } => write!(f, "factory for key `{key}` did not finish within {after:?}"),

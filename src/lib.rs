@@ -72,6 +72,12 @@ mod restart;
 mod stats;
 mod view;
 
+// The README's Rust blocks are compiled as doctests; this item exists only
+// while rustdoc collects doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 pub use actors::SupervisorActor;
 pub use config::{ConfigCaps, ConfigError, DEFAULT_ENV_PREFIX, PoolConfig, RestartPolicy};
 pub use error::{BoxError, PoolError, SharedError};

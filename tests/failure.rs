@@ -92,7 +92,10 @@ fn assert_factory_error(err: &PoolError, key: &str, attempts: u32) -> warmpool::
         .downcast_ref::<std::io::Error>()
         .expect("the shared source is the factory's io::Error");
     assert_eq!(io.to_string(), "provider down");
-    assert!(err.to_string().contains("provider down"), "{err}");
+    assert!(
+        !err.to_string().contains("provider down"),
+        "Display leaves the cause to source(): {err}"
+    );
     source.clone()
 }
 

@@ -1,17 +1,17 @@
-//! Two service instances, each with its own pool, keep each other's cached
-//! clients fresh over an event bus: a credential rotation published by one
-//! invalidates the other's copy.
+//! A fleet: two service instances, each with its own pool, keep each other's
+//! cached clients fresh over an event bus: a credential rotation published
+//! by one invalidates the other's copy.
 //!
 //! Run with the embedded bus (no server needed):
 //!
 //! ```text
-//! cargo run --example event_bus
+//! cargo run --example fleet
 //! ```
 //!
 //! or over a durable Redis Stream on a Redis 7 at 127.0.0.1:6379:
 //!
 //! ```text
-//! cargo run --example event_bus --features redis
+//! cargo run --example fleet --features redis
 //! ```
 //!
 //! Instance A rotates a key with one call, `Publisher::invalidate`: it
@@ -21,31 +21,28 @@
 use std::time::Duration;
 
 use warmpool::bus::{ListenOptions, Scope, new_origin};
-use warmpool::{Pool, hash_credentials};
+use warmpool::{CredentialsHash, Pool, hash_credentials};
 
 /// A stand-in for an SDK client.
 #[derive(Debug)]
 struct ProviderClient {
-    api_key_suffix: String,
+    /// The hash of the credentials it was built from: shows which key a
+    /// client holds without printing any of the key.
+    credentials: CredentialsHash,
 }
 
-async fn connect(api_key: String) -> Result<ProviderClient, std::io::Error> {
+async fn connect(credentials: CredentialsHash) -> Result<ProviderClient, std::io::Error> {
     tokio::time::sleep(Duration::from_millis(100)).await; // TLS + auth
-    Ok(ProviderClient {
-        api_key_suffix: api_key[api_key.len() - 4..].to_string(),
-    })
+    Ok(ProviderClient { credentials })
 }
 
 async fn client_for(pool: &Pool<ProviderClient>, api_key: &str) -> Result<String, Box<dyn std::error::Error>> {
     let hash = hash_credentials(&serde_json::json!({ "api_key": api_key }))?;
-    let key = api_key.to_string();
-    let lease = pool
-        .get_or_create("acme:openai", hash, move || connect(key.clone()))
-        .await?;
+    let lease = pool.get_or_create("acme:openai", hash, move || connect(hash)).await?;
     Ok(format!(
-        "client #{} (key ...{})",
+        "client #{} (credentials {})",
         lease.instance_id(),
-        lease.api_key_suffix
+        lease.credentials
     ))
 }
 
@@ -79,8 +76,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     #[cfg(feature = "redis")]
     let publisher = {
         println!("transport: Redis Stream on 127.0.0.1:6379 (durable: a listener that reconnects replays)");
-        let bus =
-            warmpool::bus::redis_streams::RedisStreamBus::new("redis://127.0.0.1:6379", "warmpool:example", 10_000)?;
+        let bus = warmpool::bus::redis_streams::RedisStreamBus::new(
+            "redis://127.0.0.1:6379",
+            "warmpool:example-fleet",
+            10_000,
+        )?;
         bus.attach(&pool_a, listen(&origin_a)).await?;
         bus.attach(&pool_b, listen(&origin_b)).await?;
         bus.publisher(&origin_a, None).await?
