@@ -170,6 +170,27 @@ impl StdError for PoolError {
     }
 }
 
+/// The sources of an error, outermost first, joined by `": "` (empty when
+/// it has none): for log lines, since `PoolError`'s own `Display` does not
+/// repeat its cause.
+pub(crate) struct Causes<'a>(pub(crate) &'a (dyn StdError + 'static));
+
+impl std::fmt::Display for Causes<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut next = self.0.source();
+        let mut first = true;
+        while let Some(cause) = next {
+            if !first {
+                f.write_str(": ")?;
+            }
+            write!(f, "{cause}")?;
+            first = false;
+            next = cause.source();
+        }
+        Ok(())
+    }
+}
+
 /// Turns a panic payload into a readable message.
 pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     if let Some(s) = payload.downcast_ref::<&'static str>() {

@@ -12,7 +12,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::time::Instant;
 
 use crate::actors::{Settings, Shared, nonzero};
-use crate::error::{PoolError, panic_message};
+use crate::error::{Causes, PoolError, panic_message};
 use crate::hash::CredentialsHash;
 use crate::lease::{Instance, InstanceId, Lease};
 use crate::messages::{
@@ -330,7 +330,7 @@ impl<T: Send + Sync + 'static> KeyState<T> {
             Ok(_) => Metrics::bump(&self.metrics().builds),
             Err(error) => {
                 Metrics::bump(&self.metrics().build_failures);
-                tracing::warn!(key = %self.key, error = %error, "build failed");
+                tracing::warn!(key = %self.key, error = %error, cause = %Causes(error), "build failed");
             }
         }
         if let Some(cause) = build.stale {
@@ -454,7 +454,13 @@ impl<T: Send + Sync + 'static> KeyState<T> {
         Metrics::bump(&self.metrics().refresh_failures);
         let rearm = policy.backoff(self.refresh_failures);
         self.refresh_failures = self.refresh_failures.saturating_add(1);
-        tracing::warn!(key = %self.key, error = %error, retry_in = ?rearm, "refresh failed; the current instance keeps serving");
+        tracing::warn!(
+            key = %self.key,
+            error = %error,
+            cause = %Causes(&error),
+            retry_in = ?rearm,
+            "refresh failed; the current instance keeps serving"
+        );
         build.answer_refresh(&Err(error));
         if let Some(refresh) = build.refresh.as_ref()
             && Deadline::after(now, rearm) != Deadline::Never
