@@ -10,20 +10,9 @@ use std::time::Duration;
 use ractor::ActorRef;
 use tokio::time::Instant;
 
-use crate::messages::DisposerMsg;
+use crate::actors::disposer::DisposerMsg;
+pub use crate::instance_id::InstanceId;
 use crate::stats::Metrics;
-
-/// Identifies one instance within its pool: two leases with the same id
-/// share one instance. Ids are given out in creation order; printed as a
-/// number, for logs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct InstanceId(u64);
-
-impl fmt::Display for InstanceId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)
-    }
-}
 
 /// One built instance and what is needed to dispose of it.
 ///
@@ -63,7 +52,7 @@ impl<T: Send + Sync + 'static> Instance<T> {
         disposer: ActorRef<DisposerMsg<T>>,
         metrics: Arc<Metrics>,
     ) -> Arc<Self> {
-        let id = InstanceId(metrics.next_instance_id.fetch_add(1, Relaxed));
+        let id = InstanceId::new(metrics.next_instance_id.fetch_add(1, Relaxed));
         // If the disposer is gone the pool is gone; the value is then simply
         // dropped by `Drop` below, so the send error needs no handling.
         let _ = disposer.send_message(DisposerMsg::Track { id, key: key.clone() });

@@ -38,7 +38,7 @@
 //!   sweep, capacity, supervision, shutdown), one key actor per key (owns the
 //!   instance, runs the factory off its mailbox, answers waiters) and the
 //!   disposer (runs dispose hooks).
-//! - [`messages`]: every message the actors exchange; [`SupervisorMsg`] is
+//! - [`messages`]: the supervisor's and key actors' messages; [`SupervisorMsg`] is
 //!   public so other actors can invalidate, read stats or shut down.
 //! - [`bus`]: invalidation across service instances: the version-2 wire
 //!   message with HMAC signing ([`bus::wire`]), one listener loop every
@@ -65,6 +65,7 @@ mod bus_stats;
 mod config;
 mod error;
 mod hash;
+mod instance_id;
 mod lease;
 pub mod messages;
 mod pool;

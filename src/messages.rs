@@ -1,4 +1,6 @@
-//! Every message the pool's actors exchange.
+//! The messages of the supervisor and the key actors (the disposer's live
+//! next to it, in `actors/disposer.rs`, so that leases, which send to the
+//! disposer, do not import this module, which names leases).
 //!
 //! [`SupervisorMsg`] is public: an application's own actors may send the
 //! public variants (invalidate, invalidate by prefix, stats, shutdown) to the
@@ -340,57 +342,4 @@ impl<T: Send + Sync + 'static> KeyMsg<T> {
                 | KeyMsg::Refresh { .. }
         )
     }
-}
-
-/// Messages to the disposer actor.
-pub(crate) enum DisposerMsg<T: Send + Sync + 'static> {
-    /// A new instance exists; remember it until it is disposed.
-    Track {
-        /// Its id.
-        id: InstanceId,
-        /// Its key, for the shutdown report.
-        key: Arc<str>,
-    },
-    /// An instance's last reference is gone: run the hook.
-    Dispose {
-        /// Its id.
-        id: InstanceId,
-        /// Its key, given to the hook.
-        key: Arc<str>,
-        /// The instance.
-        value: T,
-    },
-    /// A factory call ended (from its build task, after tracking the
-    /// instance it built, if any): the disposer decrements
-    /// `builds_in_flight`, so a closing disposer that reads zero has seen
-    /// every instance, and re-checks whether it may stop.
-    BuildEnded,
-    /// A hook finished (from the hook's task).
-    Done {
-        /// Whether it succeeded.
-        ok: bool,
-    },
-    /// The pool is shutting down: answer once no hook is running, or at the
-    /// deadline; afterwards stop as soon as every tracked instance is disposed.
-    Drain {
-        /// When to answer anyway.
-        deadline: Duration,
-        /// Receives what is still leased and how many hooks still run.
-        reply: RpcReplyPort<DrainReport>,
-    },
-    /// The drain deadline passed (from a timer).
-    DrainDeadline,
-    /// The pool stopped without a drain: stop once every tracked instance is disposed.
-    Close,
-}
-
-/// The disposer's answer to [`DisposerMsg::Drain`].
-#[derive(Debug, Clone)]
-pub(crate) struct DrainReport {
-    /// Keys of instances not yet disposed (so still leased).
-    pub(crate) still_leased: Vec<String>,
-    /// Hooks still running.
-    pub(crate) pending: u64,
-    /// Whether the deadline passed first.
-    pub(crate) deadline_passed: bool,
 }

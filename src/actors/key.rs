@@ -11,13 +11,12 @@ use futures::FutureExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::time::Instant;
 
-use crate::actors::{Settings, Shared, nonzero};
+use crate::actors::{DisposerMsg, Settings, Shared, nonzero};
 use crate::error::{Causes, PoolError, panic_message};
 use crate::hash::CredentialsHash;
 use crate::lease::{Instance, InstanceId, Lease};
 use crate::messages::{
-    DisposerMsg, Factory, InsertRequest, KeyMsg, KeyReport, RefreshReply, Request, RetireTarget, SupervisorInternal,
-    SupervisorMsg,
+    Factory, InsertRequest, KeyMsg, KeyReport, RefreshReply, Request, RetireTarget, SupervisorInternal, SupervisorMsg,
 };
 use crate::restart::{Deadline, RestartState, Verdict};
 use crate::stats::{Metrics, RetireCause};

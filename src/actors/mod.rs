@@ -9,18 +9,16 @@ use ractor::ActorRef;
 use crate::config::RestartPolicy;
 use crate::error::BoxError;
 use crate::lease::Lease;
-use crate::messages::DisposerMsg;
 use crate::stats::Metrics;
 
 pub(crate) mod disposer;
+
+pub(crate) use disposer::{DisposeHook, DisposerMsg};
 pub(crate) mod key;
 pub(crate) mod lifecycle;
 pub(crate) mod supervisor;
 
 pub use supervisor::SupervisorActor;
-
-/// A dispose hook as the pool stores it.
-pub(crate) type DisposeHook<T> = Arc<dyn Fn(String, T) -> BoxFuture<'static, Result<(), BoxError>> + Send + Sync>;
 
 /// A freshness probe as the pool stores it (see `PoolBuilder::probe`).
 pub(crate) type ProbeHook<T> = Arc<dyn Fn(Lease<T>) -> BoxFuture<'static, Result<bool, BoxError>> + Send + Sync>;

@@ -9,14 +9,12 @@ use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::actors::Shared;
 use crate::actors::key::{KeyActor, KeyArgs};
 use crate::actors::lifecycle::Phase;
+use crate::actors::{DisposerMsg, Shared};
 use crate::error::PoolError;
 use crate::lease::InstanceId;
-use crate::messages::{
-    DisposerMsg, Internal, KeyMsg, KeyReport, Request, RetireTarget, SupervisorInternal, SupervisorMsg,
-};
+use crate::messages::{Internal, KeyMsg, KeyReport, Request, RetireTarget, SupervisorInternal, SupervisorMsg};
 use crate::restart::RestartState;
 use crate::stats::{CoolingKey, Metrics, RetireCause, Stats};
 

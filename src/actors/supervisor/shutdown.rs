@@ -10,8 +10,9 @@ use futures::future::join_all;
 use ractor::{ActorRef, RpcReplyPort};
 
 use super::SupervisorState;
+use crate::actors::DisposerMsg;
 use crate::actors::lifecycle::Phase;
-use crate::messages::{DisposerMsg, KeyMsg, SupervisorInternal, SupervisorMsg};
+use crate::messages::{KeyMsg, SupervisorInternal, SupervisorMsg};
 use crate::stats::ShutdownReport;
 
 /// How far the supervisor is in the pool's life.
