@@ -10,12 +10,15 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tracing::Instrument;
 
 use crate::actors::DisposeHook;
 use crate::error::panic_message;
 use crate::lease::InstanceId;
 use crate::messages::{DisposerMsg, DrainReport};
 use crate::stats::Metrics;
+use crate::telemetry::Timer;
+use crate::trace;
 
 /// The disposer actor. It is not linked under the supervisor: it must outlive
 /// it, because leases may be dropped after the pool has shut down and their
@@ -62,10 +65,13 @@ impl<T: Send + Sync + 'static> DisposerState<T> {
     }
 
     fn dispose(&mut self, myself: &ActorRef<DisposerMsg<T>>, key: Arc<str>, value: T) {
+        let span = trace::dispose_span(&key);
+        let timer = Timer::start();
         let Some(hook) = self.args.hook.clone() else {
             // No hook: dropping is the disposal. A panicking `Drop` must not
             // take the disposer down with it.
-            let dropped = std::panic::catch_unwind(AssertUnwindSafe(move || drop(value)));
+            let dropped = span.in_scope(|| std::panic::catch_unwind(AssertUnwindSafe(move || drop(value))));
+            self.args.metrics.export.dispose_took(timer);
             let ok = dropped.is_ok();
             if !ok {
                 tracing::warn!(key = %key, "dropping a retired instance panicked");
@@ -76,7 +82,8 @@ impl<T: Send + Sync + 'static> DisposerState<T> {
         self.running += 1;
         let timeout = self.args.timeout;
         let myself = myself.clone();
-        tokio::spawn(async move {
+        let metrics = self.args.metrics.clone();
+        let task = async move {
             let key_text = key.to_string();
             let ok = match std::panic::catch_unwind(AssertUnwindSafe(|| hook(key_text, value))) {
                 Err(panic) => {
@@ -109,8 +116,10 @@ impl<T: Send + Sync + 'static> DisposerState<T> {
                     }
                 }
             };
+            metrics.export.dispose_took(timer);
             let _ = myself.send_message(DisposerMsg::Done { ok });
-        });
+        };
+        tokio::spawn(task.instrument(span));
     }
 
     fn finished(&mut self, ok: bool) {

@@ -10,9 +10,11 @@ use std::time::Duration;
 use futures::FutureExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::actors::{Settings, Shared, nonzero};
 use crate::error::{PoolError, panic_message};
+use crate::factory::Attempts;
 use crate::hash::CredentialsHash;
 use crate::lease::{Instance, InstanceId, Lease};
 use crate::messages::{
@@ -20,6 +22,7 @@ use crate::messages::{
 };
 use crate::restart::{RestartState, Verdict};
 use crate::stats::{Metrics, RetireCause};
+use crate::telemetry::Timer;
 use crate::view::Published;
 
 /// One actor per resident key. Its mailbox serialises everything about the
@@ -71,6 +74,10 @@ struct Build<T: Send + Sync + 'static> {
     stale: Option<RetireCause>,
     /// False while waiting out a backoff before the next attempt.
     running: bool,
+    /// The span of the call that started it: the parent of its attempts' spans.
+    span: tracing::Span,
+    /// Whether a failed attempt may be retried (`Repeatable`) or not (`Once`).
+    attempts: Attempts,
 }
 
 /// The last state reported to the supervisor, to report only changes.
@@ -156,12 +163,17 @@ impl<T: Send + Sync + 'static> KeyState<T> {
         }
     }
 
-    fn start_build(&mut self, myself: &ActorRef<KeyMsg<T>>, request: Request<T>) {
+    fn start_build(&mut self, myself: &ActorRef<KeyMsg<T>>, mut request: Request<T>) {
+        let Some(attempts) = request.attempts.start() else {
+            request.answer(Err(crate::factory::discarded(&self.key)));
+            return;
+        };
         // Cloned, not taken: if this build is discarded, the request is
         // served again and may need its factory for the next build.
         let build = Build {
             hash: request.hash,
             factory: request.factory.clone(),
+            span: request.span.clone(),
             ttl: request.ttl,
             fence: request.fence,
             waiters: vec![request],
@@ -169,6 +181,7 @@ impl<T: Send + Sync + 'static> KeyState<T> {
             retries_done: 0,
             stale: None,
             running: false,
+            attempts,
         };
         self.build = Some(build);
         self.run_attempt(myself);
@@ -183,13 +196,15 @@ impl<T: Send + Sync + 'static> KeyState<T> {
         build.running = true;
         let attempt = build.attempt;
         let attempts = build.retries_done + 1;
+        let span = crate::trace::build_span(&build.span, &self.key, attempts);
         let factory = build.factory.clone();
         let key = self.key.clone();
         let shared = self.shared.clone();
         let myself = myself.clone();
         Metrics::bump(&shared.metrics.builds_in_flight);
         tracing::debug!(key = %key, attempt = attempts, "building");
-        tokio::spawn(async move {
+        let task = async move {
+            let timer = Timer::start();
             let run = async {
                 match std::panic::catch_unwind(AssertUnwindSafe(|| factory())) {
                     Ok(fut) => AssertUnwindSafe(fut).catch_unwind().await,
@@ -222,6 +237,7 @@ impl<T: Send + Sync + 'static> KeyState<T> {
                     shared.metrics.clone(),
                 )),
             };
+            shared.metrics.export.build_took(timer, outcome.is_ok());
             // The disposer counts the build as ended when it handles this
             // message, after the `Track` that `Instance::new` sent above: a
             // closing disposer that reads no build in flight has therefore
@@ -236,7 +252,8 @@ impl<T: Send + Sync + 'static> KeyState<T> {
             // If the actor is gone the message comes back and is dropped
             // here; a built instance then goes to the disposer via its Drop.
             let _ = myself.send_message(KeyMsg::BuildDone { attempt, outcome });
-        });
+        };
+        tokio::spawn(task.instrument(span));
     }
 
     fn build_done(&mut self, myself: &ActorRef<KeyMsg<T>>, attempt: u64, outcome: Result<Arc<Instance<T>>, PoolError>) {
@@ -287,6 +304,7 @@ impl<T: Send + Sync + 'static> KeyState<T> {
                         build.hash,
                     )
                 };
+                let verdict = build.attempts.limit(verdict);
                 match verdict {
                     Verdict::Retry(delay) => {
                         build.retries_done += 1;
@@ -444,6 +462,7 @@ impl<T: Send + Sync + 'static> KeyState<T> {
 
     fn retire_current(&mut self, cause: RetireCause) {
         if let Some(current) = self.current.take() {
+            let _span = crate::trace::retire_span(&self.key, current.entry.id, cause).entered();
             // Out of the read view before anything acknowledges the retirement.
             self.shared.view.unpublish(&self.key, &current.entry);
             current.entry.empty();

@@ -20,6 +20,7 @@ use crate::messages::{
 use crate::restart::RestartState;
 use crate::stats::{CoolingKey, Metrics, RetireCause, Stats};
 
+mod counters;
 mod retire;
 mod shutdown;
 
@@ -565,6 +566,9 @@ impl<T: Send + Sync + 'static> Actor for SupervisorActor<T> {
                 }
             }
             SupervisorMsg::Shutdown { deadline, reply } => state.shutdown(&myself, deadline, reply),
+            SupervisorMsg::Counters { reply } => {
+                let _ = reply.send(state.counters());
+            }
         }
         Ok(())
     }
