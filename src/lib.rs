@@ -52,8 +52,15 @@
 //! - `view.rs`: the read view every hit reads without asking an actor (a
 //!   lock-free map of published instances; only actors write it).
 //! - [`Lease`] (`lease.rs`): shared ownership whose last drop disposes.
+//! - `factory.rs`: how often a request's factory may run (retried, or the
+//!   single attempt of [`Pool::try_get_with`]) and [`InitDiscarded`].
+//! - `telemetry/`: the export of the pool's figures through the `metrics`
+//!   facade (feature `metrics`): counters and gauges published from the
+//!   pool's own atomics on an interval, histograms recorded per event.
+//! - `trace.rs`: the pool's `tracing` spans (`build`, `dispose`, `retire`,
+//!   `refresh`), their names and fields in one place.
 //! - [`hash_credentials`] (`hash.rs`), [`PoolConfig`] and
-//!   [`RestartPolicy`] (`config.rs`), [`Stats`] (`stats.rs`), [`PoolError`]
+//!   [`RestartPolicy`] (`config.rs`), [`Stats`] and [`Counters`] (`stats.rs`), [`PoolError`]
 //!   (`error.rs`).
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]

@@ -313,7 +313,8 @@ impl<T: Send + Sync + 'static> Pool<T> {
             .await
     }
 
-    /// A snapshot of the pool's counters and resident keys.
+    /// A snapshot of the pool's counters and resident keys. It copies every
+    /// resident key's name; to scrape often, use [`counters`](Self::counters).
     pub async fn stats(&self) -> Result<Stats, PoolError> {
         self.call(None, |reply| SupervisorMsg::Stats { reply }).await
     }

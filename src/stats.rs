@@ -312,6 +312,7 @@ fn millis_rounded_up<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, 
 }
 
 /// A snapshot of the pool, from [`Pool::stats`](crate::Pool::stats).
+/// [`Counters`] has the same figures without the key lists.
 ///
 /// Counters are totals since the pool started. The snapshot is taken in the
 /// supervisor's mailbox, so `size` and `keys` agree with each other; counters

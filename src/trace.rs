@@ -8,7 +8,7 @@
 //! | `build` | info | `key`, `attempt` (1 for the first call, 2 for the first retry, ...) | the span current in the call that started the build |
 //! | `refresh` | info | `key` | whatever the refresh names |
 //! | `dispose` | info | `key` | none (a root: a dispose happens when the last lease drops, not within any request) |
-//! | `retire` | debug | `key`, `instance`, `cause` | the actor's current span (none, usually) |
+//! | `retire` | debug | `key`, `instance`, `cause` | the key actor's (ractor's `Actor` span, which its message loop runs in) |
 
 use tracing::Span;
 
