@@ -441,6 +441,8 @@ impl<T: Send + Sync + 'static> Pool<T> {
     /// is discarded as usual, and since it cannot run again this call gets
     /// [`PoolError::Factory`] whose source is [`InitDiscarded`](crate::InitDiscarded):
     /// call again. (The other callers sharing that build get a fresh one.)
+    /// Callers of any form that join a build started by `try_get_with`
+    /// share its single attempt, as they share any build's result.
     ///
     /// Which form to use:
     ///
