@@ -197,3 +197,29 @@ async fn get_or_create_from_clones_the_input_per_attempt() {
     assert_eq!(failing_clones.load(SeqCst), 3, "the first attempt and two retries");
     pool.shutdown(Duration::from_secs(1)).await.unwrap();
 }
+
+/// The new forms' futures are `Send` (so they run in `tokio::spawn` and web
+/// handlers), and `InitDiscarded` is an error that crosses threads
+/// (checked at compile time).
+#[tokio::test(start_paused = true)]
+async fn futures_and_errors_are_send() {
+    fn assert_send<X: Send>(_: &X) {}
+    fn assert_error<E: std::error::Error + Send + Sync + 'static>() {}
+    assert_error::<InitDiscarded>();
+    let c = Counters::new();
+    let pool = builder(&c).spawn().await.unwrap();
+    let polled = Arc::new(AtomicUsize::new(0));
+    let single = pool.try_get_with("k", h(1), init(&polled, "k", h(1), Duration::ZERO, false));
+    assert_send(&single);
+    drop(single.await.unwrap());
+    let from = pool.get_or_create_from("k", h(1), String::from("input"), |_input: String| async {
+        Ok::<_, std::io::Error>(Client {
+            key: "k".into(),
+            hash: h(1),
+            serial: 0,
+        })
+    });
+    assert_send(&from);
+    drop(from.await.unwrap());
+    pool.shutdown(Duration::from_secs(1)).await.unwrap();
+}

@@ -111,3 +111,12 @@ async fn counters_agree_with_stats_without_the_key_lists() {
     assert_eq!(counters["cooling"], Value::from(1));
     pool.shutdown(Duration::from_secs(1)).await.unwrap();
 }
+
+/// `Counters` is a plain value to hand to another thread or task (checked
+/// at compile time).
+#[test]
+fn counters_are_send_sync_clone() {
+    fn assert_value<X: Send + Sync + Clone + serde::Serialize + 'static>() {}
+    assert_value::<warmpool::Counters>();
+    assert_value::<warmpool::Stats>();
+}
