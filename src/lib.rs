@@ -52,8 +52,15 @@
 //! - `view.rs`: the read view every hit reads without asking an actor (a
 //!   lock-free map of published instances; only actors write it).
 //! - [`Lease`] (`lease.rs`): shared ownership whose last drop disposes.
+//! - `factory.rs`: how often a request's factory may run (retried, or the
+//!   single attempt of [`Pool::try_get_with`]) and [`InitDiscarded`].
+//! - `telemetry/`: the export of the pool's figures through the `metrics`
+//!   facade (feature `metrics`): counters and gauges published from the
+//!   pool's own atomics on an interval, histograms recorded per event.
+//! - `trace.rs`: the pool's `tracing` spans (`build`, `dispose`, `retire`,
+//!   `refresh`), their names and fields in one place.
 //! - [`hash_credentials`] (`hash.rs`), [`PoolConfig`] and
-//!   [`RestartPolicy`] (`config.rs`), [`Stats`] (`stats.rs`), [`PoolError`]
+//!   [`RestartPolicy`] (`config.rs`), [`Stats`] and [`Counters`] (`stats.rs`), [`PoolError`]
 //!   (`error.rs`).
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -64,6 +71,7 @@ pub mod bus;
 mod bus_stats;
 mod config;
 mod error;
+mod factory;
 mod hash;
 mod instance_id;
 mod lease;
@@ -71,6 +79,8 @@ pub mod messages;
 mod pool;
 mod restart;
 mod stats;
+mod telemetry;
+mod trace;
 mod view;
 
 // The README's Rust blocks are compiled as doctests; this item exists only
@@ -82,8 +92,9 @@ struct ReadmeDoctests;
 pub use actors::SupervisorActor;
 pub use config::{ConfigCaps, ConfigError, DEFAULT_ENV_PREFIX, PoolConfig, RestartPolicy};
 pub use error::{BoxError, PoolError, SharedError};
+pub use factory::InitDiscarded;
 pub use hash::{CredentialsHash, HashError, ParseHashError, hash_credentials};
 pub use lease::{InstanceId, Lease};
 pub use messages::SupervisorMsg;
 pub use pool::{DisposeOutcome, Pool, PoolBuilder};
-pub use stats::{CoolingKey, RetireCause, Retirements, ShutdownReport, Stats};
+pub use stats::{CoolingKey, Counters, RetireCause, Retirements, ShutdownReport, Stats};

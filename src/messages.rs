@@ -18,7 +18,7 @@ use crate::error::{BoxError, PoolError};
 use crate::hash::CredentialsHash;
 use crate::lease::{Instance, InstanceId, Lease};
 use crate::restart::RestartState;
-use crate::stats::{RetireCause, ShutdownReport, Stats};
+use crate::stats::{Counters, RetireCause, ShutdownReport, Stats};
 
 /// A factory as the pool stores it: callable again for retries.
 pub(crate) type Factory<T> = Arc<dyn Fn() -> BoxFuture<'static, Result<T, BoxError>> + Send + Sync>;
@@ -70,6 +70,12 @@ pub enum SupervisorMsg<T: Send + Sync + 'static> {
     /// actor's report, a sweep tick).
     #[doc(hidden)]
     Internal(Internal<T>),
+    /// The pool's counters without its key lists (see
+    /// [`Pool::counters`](crate::Pool::counters)).
+    Counters {
+        /// Receives the counters.
+        reply: RpcReplyPort<Counters>,
+    },
 }
 
 impl<T: Send + Sync + 'static> std::fmt::Debug for SupervisorMsg<T> {
@@ -82,6 +88,7 @@ impl<T: Send + Sync + 'static> std::fmt::Debug for SupervisorMsg<T> {
             SupervisorMsg::Stats { .. } => f.write_str("Stats"),
             SupervisorMsg::Shutdown { deadline, .. } => f.debug_struct("Shutdown").field("deadline", deadline).finish(),
             SupervisorMsg::Internal(_) => f.write_str("Internal"),
+            SupervisorMsg::Counters { .. } => f.write_str("Counters"),
         }
     }
 }
@@ -187,6 +194,10 @@ pub(crate) struct Request<T: Send + Sync + 'static> {
     pub(crate) ttl: Option<Duration>,
     /// Where the lease or error goes.
     pub(crate) reply: LeaseReply<T>,
+    /// The caller's span when it called: the parent of the build it starts.
+    pub(crate) span: tracing::Span,
+    /// Whether `factory` may run again (see `Attempts`).
+    pub(crate) attempts: crate::factory::Attempts,
 }
 
 impl<T: Send + Sync + 'static> Request<T> {

@@ -11,11 +11,14 @@ use std::time::Duration;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tracing::Instrument;
 
 use crate::error::BoxError;
 use crate::error::panic_message;
 use crate::instance_id::InstanceId;
 use crate::stats::Metrics;
+use crate::telemetry::Timer;
+use crate::trace;
 
 /// A dispose hook as the pool stores it.
 pub(crate) type DisposeHook<T> = Arc<dyn Fn(String, T) -> BoxFuture<'static, Result<(), BoxError>> + Send + Sync>;
@@ -118,10 +121,13 @@ impl<T: Send + Sync + 'static> DisposerState<T> {
     }
 
     fn dispose(&mut self, myself: &ActorRef<DisposerMsg<T>>, key: Arc<str>, value: T) {
+        let span = trace::dispose_span(&key);
+        let timer = Timer::start();
         let Some(hook) = self.args.hook.clone() else {
             // No hook: dropping is the disposal. A panicking `Drop` must not
             // take the disposer down with it.
-            let dropped = std::panic::catch_unwind(AssertUnwindSafe(move || drop(value)));
+            let dropped = span.in_scope(|| std::panic::catch_unwind(AssertUnwindSafe(move || drop(value))));
+            self.args.metrics.export.dispose_took(timer);
             let ok = dropped.is_ok();
             if !ok {
                 tracing::warn!(key = %key, "dropping a retired instance panicked");
@@ -132,7 +138,8 @@ impl<T: Send + Sync + 'static> DisposerState<T> {
         self.running += 1;
         let timeout = self.args.timeout;
         let myself = myself.clone();
-        tokio::spawn(async move {
+        let metrics = self.args.metrics.clone();
+        let task = async move {
             let key_text = key.to_string();
             let ok = match std::panic::catch_unwind(AssertUnwindSafe(|| hook(key_text, value))) {
                 Err(panic) => {
@@ -165,8 +172,10 @@ impl<T: Send + Sync + 'static> DisposerState<T> {
                     }
                 }
             };
+            metrics.export.dispose_took(timer);
             let _ = myself.send_message(DisposerMsg::Done { ok });
-        });
+        };
+        tokio::spawn(task.instrument(span));
     }
 
     fn finished(&mut self, ok: bool) {

@@ -10,9 +10,11 @@ use std::time::Duration;
 use futures::FutureExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::actors::{DisposerMsg, Settings, Shared, nonzero};
 use crate::error::{Causes, PoolError, panic_message};
+use crate::factory::Attempts;
 use crate::hash::CredentialsHash;
 use crate::lease::{Instance, InstanceId, Lease};
 use crate::messages::{
@@ -20,6 +22,7 @@ use crate::messages::{
 };
 use crate::restart::{Deadline, RestartState, Verdict};
 use crate::stats::{Metrics, RetireCause};
+use crate::telemetry::Timer;
 use crate::view::Published;
 
 /// One actor per resident key. Its mailbox serialises everything about the
@@ -98,6 +101,10 @@ struct Build<T: Send + Sync + 'static> {
     refresh: Option<Refreshing>,
     /// The configuration version the instance is built for.
     version: u64,
+    /// The span of the call that started it: the parent of its attempts' spans.
+    span: tracing::Span,
+    /// Whether a failed attempt may be retried (`Repeatable`) or not (`Once`).
+    attempts: Attempts,
 }
 
 impl<T: Send + Sync + 'static> Build<T> {
@@ -232,12 +239,17 @@ impl<T: Send + Sync + 'static> KeyState<T> {
         }
     }
 
-    fn start_build(&mut self, myself: &ActorRef<KeyMsg<T>>, request: Request<T>) {
+    fn start_build(&mut self, myself: &ActorRef<KeyMsg<T>>, mut request: Request<T>) {
+        let Some(attempts) = request.attempts.start() else {
+            request.answer(Err(crate::factory::discarded(&self.key)));
+            return;
+        };
         // Cloned, not taken: if this build is discarded, the request is
         // served again and may need its factory for the next build.
         let build = Build {
             hash: request.hash,
             factory: request.factory.clone(),
+            span: request.span.clone(),
             ttl: request.ttl,
             fence: request.fence,
             waiters: vec![request],
@@ -247,6 +259,7 @@ impl<T: Send + Sync + 'static> KeyState<T> {
             running: false,
             refresh: None,
             version: self.version,
+            attempts,
         };
         self.build = Some(build);
         self.run_attempt(myself);
@@ -262,13 +275,15 @@ impl<T: Send + Sync + 'static> KeyState<T> {
         let attempt = build.attempt;
         let attempts = build.retries_done + 1;
         let version = build.version;
+        let span = crate::trace::build_span(&build.span, &self.key, attempts);
         let factory = build.factory.clone();
         let key = self.key.clone();
         let shared = self.shared.clone();
         let myself = myself.clone();
         Metrics::bump(&shared.metrics.builds_in_flight);
         tracing::debug!(key = %key, attempt = attempts, "building");
-        tokio::spawn(async move {
+        let task = async move {
+            let timer = Timer::start();
             let run = async {
                 match std::panic::catch_unwind(AssertUnwindSafe(|| factory())) {
                     Ok(fut) => AssertUnwindSafe(fut).catch_unwind().await,
@@ -302,6 +317,7 @@ impl<T: Send + Sync + 'static> KeyState<T> {
                     shared.metrics.clone(),
                 )),
             };
+            shared.metrics.export.build_took(timer, outcome.is_ok());
             // The disposer counts the build as ended when it handles this
             // message, after the `Track` that `Instance::new` sent above: a
             // closing disposer that reads no build in flight has therefore
@@ -316,7 +332,8 @@ impl<T: Send + Sync + 'static> KeyState<T> {
             // If the actor is gone the message comes back and is dropped
             // here; a built instance then goes to the disposer via its Drop.
             let _ = myself.send_message(KeyMsg::BuildDone { attempt, outcome });
-        });
+        };
+        tokio::spawn(task.instrument(span));
     }
 
     fn build_done(&mut self, myself: &ActorRef<KeyMsg<T>>, attempt: u64, outcome: Result<Arc<Instance<T>>, PoolError>) {
@@ -373,14 +390,10 @@ impl<T: Send + Sync + 'static> KeyState<T> {
                 let expires_at = self.shared.settings.expiry(build.ttl, now);
                 // Published first, retired second: a caller finds either the
                 // old instance (still valid) or the new one, never neither.
-                self.set_current(
-                    instance,
-                    build.hash,
-                    expires_at,
-                    build.fence,
-                    Some(build.factory.clone()),
-                    build.ttl,
-                );
+                // A single-attempt factory (`try_get_with`) cannot run again:
+                // such an instance is never refreshed.
+                let factory = (build.attempts == Attempts::Repeatable).then(|| build.factory.clone());
+                self.set_current(instance, build.hash, expires_at, build.fence, factory, build.ttl);
                 if let Some(old) = replaced {
                     if let Some(new) = self.current.as_ref() {
                         new.entry.inherit_use(&old.entry);
@@ -408,6 +421,7 @@ impl<T: Send + Sync + 'static> KeyState<T> {
                         build.hash,
                     )
                 };
+                let verdict = build.attempts.limit(verdict);
                 match verdict {
                     Verdict::Retry(delay) => {
                         build.retries_done += 1;
@@ -552,6 +566,10 @@ impl<T: Send + Sync + 'static> KeyState<T> {
                         callers: reply.into_iter().collect(),
                     }),
                     version,
+                    // A root: refresh-ahead is asked for by whichever hit
+                    // found the instance due, on behalf of no one request.
+                    span: crate::trace::refresh_span(&tracing::Span::none(), &self.key),
+                    attempts: Attempts::Repeatable,
                 });
                 self.run_attempt(myself);
             }
@@ -754,6 +772,7 @@ impl<T: Send + Sync + 'static> KeyState<T> {
     }
 
     fn retire_entry(&mut self, current: Current<T>, cause: RetireCause) {
+        let _span = crate::trace::retire_span(&self.key, current.entry.id, cause).entered();
         // Out of the read view before anything acknowledges the retirement.
         self.shared.view.unpublish(&self.key, &current.entry);
         current.entry.empty();

@@ -209,7 +209,9 @@ impl<T: Send + Sync + 'static> Listener<T> {
         let Some(pool) = self.pool.upgrade() else { return };
         if apply(&pool, &message.scope).await.is_ok() {
             self.record(BusCount::Applied);
-            self.bus().record_lag(now_us().saturating_sub(message.ts_us));
+            let lag_us = now_us().saturating_sub(message.ts_us);
+            self.bus().record_lag(lag_us);
+            self.metrics.export.bus_lag(Duration::from_micros(lag_us));
         }
     }
 

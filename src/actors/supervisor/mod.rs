@@ -18,6 +18,7 @@ use crate::messages::{Internal, KeyMsg, KeyReport, Request, RetireTarget, Superv
 use crate::restart::RestartState;
 use crate::stats::{CoolingKey, Metrics, RetireCause, Stats};
 
+mod counters;
 mod retire;
 mod shutdown;
 
@@ -651,6 +652,9 @@ impl<T: Send + Sync + 'static> Actor for SupervisorActor<T> {
                 }
             }
             SupervisorMsg::Shutdown { deadline, reply } => state.shutdown(&myself, deadline, reply),
+            SupervisorMsg::Counters { reply } => {
+                let _ = reply.send(state.counters());
+            }
         }
         Ok(())
     }
