@@ -170,6 +170,55 @@ impl StdError for PoolError {
     }
 }
 
+/// The pool's actors could not be started ([`PoolBuilder::spawn`](crate::PoolBuilder::spawn)).
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum SpawnError {
+    /// The name given with [`PoolBuilder::name`](crate::PoolBuilder::name)
+    /// is already registered by another actor in ractor's registry.
+    NameTaken {
+        /// The name.
+        name: String,
+    },
+    /// An actor failed while starting; `source()` has the actor system's
+    /// error.
+    Failed {
+        /// The actor system's error.
+        source: BoxError,
+    },
+}
+
+impl std::fmt::Display for SpawnError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SpawnError::NameTaken { name } => {
+                write!(f, "could not start the pool: the actor name `{name}` is already taken")
+            }
+            SpawnError::Failed { .. } => f.write_str("could not start the pool's actors"),
+        }
+    }
+}
+
+impl StdError for SpawnError {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        match self {
+            SpawnError::NameTaken { .. } => None,
+            SpawnError::Failed { source } => Some(&**source),
+        }
+    }
+}
+
+impl From<ractor::SpawnErr> for SpawnError {
+    fn from(error: ractor::SpawnErr) -> Self {
+        match error {
+            ractor::SpawnErr::ActorAlreadyRegistered(name) => SpawnError::NameTaken { name },
+            other => SpawnError::Failed {
+                source: Box::new(other),
+            },
+        }
+    }
+}
+
 /// The sources of an error, outermost first, joined by `": "` (empty when
 /// it has none): for log lines, since `PoolError`'s own `Display` does not
 /// repeat its cause.

@@ -34,7 +34,7 @@
 //! # Layout
 //!
 //! - [`Pool`] (`pool.rs`): the cheap `Clone` handle, and [`PoolBuilder`].
-//! - `actors/`: the [`SupervisorActor`] (routing, LRU order, prefix index,
+//! - `actors/`: the supervisor actor (routing, LRU order, prefix index,
 //!   sweep, capacity, supervision, shutdown), one key actor per key (owns the
 //!   instance, runs the factory off its mailbox, answers waiters) and the
 //!   disposer (runs dispose hooks).
@@ -89,12 +89,11 @@ mod view;
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 
-pub use actors::SupervisorActor;
 pub use config::{ConfigCaps, ConfigError, DEFAULT_ENV_PREFIX, PoolConfig, RestartPolicy};
-pub use error::{BoxError, PoolError, SharedError};
+pub use error::{BoxError, PoolError, SharedError, SpawnError};
 pub use factory::InitDiscarded;
 pub use hash::{CredentialsHash, HashError, ParseHashError, hash_credentials};
 pub use lease::{InstanceId, Lease};
 pub use messages::SupervisorMsg;
 pub use pool::{DisposeOutcome, Pool, PoolBuilder};
-pub use stats::{CoolingKey, Counters, RetireCause, Retirements, ShutdownReport, Stats};
+pub use stats::{CoolingKey, Counters, Retirements, ShutdownReport, Stats};

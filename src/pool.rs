@@ -9,14 +9,14 @@ use std::panic::AssertUnwindSafe;
 
 use futures::FutureExt;
 use ractor::rpc::CallResult;
-use ractor::{Actor, ActorCell, ActorRef, RpcReplyPort, SpawnErr};
+use ractor::{Actor, ActorCell, ActorRef, RpcReplyPort};
 
 use crate::actors::disposer::{DisposerActor, DisposerArgs};
 use crate::actors::lifecycle::{Lifecycle, Phase};
 use crate::actors::supervisor::{SupervisorActor, SupervisorArgs};
 use crate::actors::{DisposeHook, ProbeHook, Settings, Shared, nonzero};
 use crate::config::{PoolConfig, RestartPolicy};
-use crate::error::{BoxError, PoolError, panic_message};
+use crate::error::{BoxError, PoolError, SpawnError, panic_message};
 use crate::factory::{Attempts, InitDiscarded};
 use crate::hash::CredentialsHash;
 use crate::lease::Lease;
@@ -51,6 +51,21 @@ use crate::view::ReadView;
 /// - If the key is invalidated (or replaced by [`insert`](Pool::insert))
 ///   while a build is in flight, that build's result is never served nor
 ///   cached: it is disposed, and its waiters are given a fresh build.
+///
+/// # Supervision
+///
+/// The pool is a small actor tree: a supervisor actor (the one
+/// [`Pool::actor`] returns) and one key actor per key, each spawned linked
+/// to the supervisor. ractor's default `handle_supervisor_evt` would stop
+/// the supervisor when any child exits; the pool's overrides it on purpose:
+/// when a key actor stops unexpectedly
+/// (stopped from outside, or a bug), its entry is dropped (its instance goes
+/// to the disposer once unleased), the restart is counted in
+/// [`Stats::actor_restarts`], and the key's next call starts a fresh actor.
+/// Callers that were waiting on the dead actor get
+/// [`PoolError::ActorStopped`] and may retry at once. Factory failures are
+/// not actor failures: they never stop an actor, and follow the
+/// [`RestartPolicy`](crate::RestartPolicy) instead.
 ///
 /// # Dropping the last handle
 ///
@@ -967,18 +982,27 @@ impl<T: Send + Sync + 'static> PoolBuilder<T> {
     }
 
     /// Starts the pool's actors and returns its handle.
-    pub async fn spawn(self) -> Result<Pool<T>, SpawnErr> {
+    ///
+    /// # Errors
+    ///
+    /// [`SpawnError::NameTaken`] when [`name`](Self::name) is already
+    /// registered, [`SpawnError::Failed`] when an actor could not start.
+    pub async fn spawn(self) -> Result<Pool<T>, SpawnError> {
         self.start(None).await
     }
 
     /// Starts the pool with its supervisor linked under `parent`, an actor of
     /// the application's own supervision tree: `parent` is notified if the
     /// pool stops or fails, and stopping `parent` stops the pool.
-    pub async fn spawn_linked(self, parent: ActorCell) -> Result<Pool<T>, SpawnErr> {
+    ///
+    /// # Errors
+    ///
+    /// As [`spawn`](Self::spawn).
+    pub async fn spawn_linked(self, parent: ActorCell) -> Result<Pool<T>, SpawnError> {
         self.start(Some(parent)).await
     }
 
-    async fn start(self, parent: Option<ActorCell>) -> Result<Pool<T>, SpawnErr> {
+    async fn start(self, parent: Option<ActorCell>) -> Result<Pool<T>, SpawnError> {
         let metrics = Arc::new(Metrics::new(self.name.as_deref()));
         let disposer_args = DisposerArgs {
             hook: self.on_dispose,

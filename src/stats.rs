@@ -11,8 +11,7 @@ use crate::telemetry::Instruments;
 /// Why an instance stopped being served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
-#[non_exhaustive]
-pub enum RetireCause {
+pub(crate) enum RetireCause {
     /// Its time to live, counted from creation, passed.
     Ttl,
     /// Nobody took it for longer than the time to idle.

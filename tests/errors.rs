@@ -237,3 +237,29 @@ async fn no_error_shows_a_credential() {
         assert!(!shown.contains("api_key"), "{shown}");
     }
 }
+
+/// `spawn` fails with warmpool's own error, which names what was wrong: a
+/// registry name already taken is `NameTaken` with the name; the pool that
+/// holds the name keeps working.
+#[tokio::test(start_paused = true)]
+async fn a_taken_actor_name_is_a_spawn_error_that_names_it() {
+    let first: warmpool::Pool<u32> = warmpool::Pool::builder().name("pool-a").spawn().await.unwrap();
+    let second = warmpool::Pool::<u32>::builder().name("pool-a").spawn().await;
+    match second {
+        Err(warmpool::SpawnError::NameTaken { name }) => assert_eq!(name, "pool-a"),
+        other => panic!("expected NameTaken, got {other:?}"),
+    }
+    let error = warmpool::Pool::<u32>::builder()
+        .name("pool-a")
+        .spawn()
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("`pool-a`"), "{error}");
+    let lease = first
+        .get_or_create("k", warmpool::CredentialsHash::from_u64(1), || async {
+            Ok::<_, std::io::Error>(7)
+        })
+        .await
+        .unwrap();
+    assert_eq!(*lease, 7);
+}

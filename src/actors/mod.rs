@@ -18,8 +18,6 @@ pub(crate) mod key;
 pub(crate) mod lifecycle;
 pub(crate) mod supervisor;
 
-pub use supervisor::SupervisorActor;
-
 /// A freshness probe as the pool stores it (see `PoolBuilder::probe`).
 pub(crate) type ProbeHook<T> = Arc<dyn Fn(Lease<T>) -> BoxFuture<'static, Result<bool, BoxError>> + Send + Sync>;
 

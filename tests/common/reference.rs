@@ -19,7 +19,18 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
-use warmpool::RetireCause;
+/// Why an instance was retired, as the model counts it (named as in
+/// `warmpool::Retirements`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetireCause {
+    Ttl,
+    Idle,
+    Capacity,
+    Credentials,
+    Invalidated,
+    Replaced,
+    Refreshed,
+}
 
 /// Milliseconds since the pool started.
 pub type Ms = u64;
@@ -235,9 +246,7 @@ fn cause_name(cause: RetireCause) -> &'static str {
         RetireCause::Credentials => "credentials",
         RetireCause::Invalidated => "invalidated",
         RetireCause::Replaced => "replaced",
-        RetireCause::Shutdown => "shutdown",
         RetireCause::Refreshed => "refreshed",
-        _ => "other",
     }
 }
 

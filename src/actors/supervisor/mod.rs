@@ -30,22 +30,10 @@ const ADMISSION_SCAN: usize = 64;
 /// Up to this many keys, `stats()` copies the key list in the mailbox.
 const STATS_INLINE_KEYS: usize = 1024;
 
-/// The pool's supervisor actor.
-///
-/// # Supervision
-///
-/// Every key actor is spawned linked to this actor. ractor's default
-/// `handle_supervisor_evt` would stop the supervisor when any child exits;
-/// this one overrides it on purpose: when a key actor stops unexpectedly
-/// (stopped from outside, or a bug), its entry is dropped (its instance goes
-/// to the disposer once unleased), the restart is counted in
-/// [`Stats::actor_restarts`], and the key's next call starts a fresh actor.
-/// Callers that were waiting on the dead actor get
-/// [`PoolError::ActorStopped`] and may retry at once. Factory failures are
-/// not actor failures: they never stop an actor, and follow the
-/// [`RestartPolicy`](crate::RestartPolicy) instead.
+/// The pool's supervisor actor (its supervision of key actors is described
+/// on [`Pool`](crate::Pool), the only way to start one).
 #[derive(Debug)]
-pub struct SupervisorActor<T>(std::marker::PhantomData<fn() -> T>);
+pub(crate) struct SupervisorActor<T>(std::marker::PhantomData<fn() -> T>);
 
 impl<T> SupervisorActor<T> {
     pub(crate) fn new() -> Self {
@@ -54,7 +42,7 @@ impl<T> SupervisorActor<T> {
 }
 
 /// What the supervisor starts with (built by [`PoolBuilder`](crate::PoolBuilder)).
-pub struct SupervisorArgs<T: Send + Sync + 'static> {
+pub(crate) struct SupervisorArgs<T: Send + Sync + 'static> {
     pub(crate) shared: Arc<Shared<T>>,
 }
 
@@ -171,7 +159,7 @@ impl<T: Send + Sync + 'static> Entry<T> {
 
 /// The supervisor's state: everything about which keys exist. Owned by the
 /// actor and changed only in its mailbox, so no lock guards it.
-pub struct SupervisorState<T: Send + Sync + 'static> {
+pub(crate) struct SupervisorState<T: Send + Sync + 'static> {
     shared: Arc<Shared<T>>,
     /// Routing table.
     entries: HashMap<Arc<str>, Entry<T>>,
