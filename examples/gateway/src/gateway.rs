@@ -193,9 +193,13 @@ async fn stats_route(State(gateway): State<Gateway>) -> Response {
     }
 }
 
-/// `GET /metrics`: everything recorded through the `metrics` facade, in the
-/// Prometheus text format.
+/// `GET /metrics`: everything recorded through the `metrics` facade (the
+/// pool's `warmpool_*` series and the gateway's own), in the Prometheus text
+/// format.
 async fn metrics_route(State(gateway): State<Gateway>) -> String {
+    // The pool publishes its counters every second; publishing now makes
+    // this scrape current. A pool shutting down has published its last.
+    let _ = gateway.pool.publish_metrics().await;
     gateway.prometheus.render()
 }
 
