@@ -4,28 +4,12 @@
 //! end with their pool. Paused clock: no real waiting.
 
 mod common;
+use common::bus::{key, options, warm};
 use common::*;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use warmpool::bus::{
     BusError, BusEvent, Invalidation, ListenOptions, LocalBus, Recovery, Scope, SigningKey, Stamper, new_origin,
 };
-
-async fn warm(pool: &warmpool::Pool<Client>, c: &std::sync::Arc<Counters>, key: &str) {
-    let lease = pool
-        .get_or_create(key, h(1), factory(c, key, h(1), Duration::ZERO))
-        .await
-        .unwrap();
-    drop(lease);
-}
-
-fn options(origin: &str) -> ListenOptions {
-    ListenOptions::new(origin)
-}
-
-/// A 32-byte key made of one repeated byte.
-fn key(byte: u8) -> SigningKey {
-    SigningKey::new(vec![byte; 32]).unwrap()
-}
 
 fn signed(origin: &str, key: &SigningKey) -> ListenOptions {
     ListenOptions {

@@ -6,7 +6,8 @@
 //! `bus_transports.rs`): `attach` returning only once the server has the
 //! subscription, slow-consumer drops, and credentials that never reach a
 //! log. Needs NATS on 127.0.0.1:4222; the credentials test starts a private
-//! `nats-server` with a password on a free port.
+//! `nats-server` with a password on a free port. Real clock, every wait
+//! bounded.
 
 mod common;
 use common::bus::*;

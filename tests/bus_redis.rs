@@ -2,6 +2,7 @@
 //! What only the Redis transports have (the shared scenarios run in
 //! `bus_transports.rs`): a pub/sub connection killed from the server side,
 //! and transport errors that keep their cause. Needs Redis on 127.0.0.1:6379.
+//! Real clock, every wait bounded.
 
 mod common;
 use common::bus::*;

@@ -2,7 +2,8 @@
 //! One event-bus suite, run against every transport on real servers on
 //! loopback (Redis 127.0.0.1:6379; NATS with JetStream 127.0.0.1:4222): the
 //! scenarios are written once in `tests/common/bus.rs`. Each test uses its
-//! own channel, subject or stream, so they run in parallel and again.
+//! own channel, subject or stream, so they run in parallel and again. Real
+//! clock, every wait bounded.
 
 mod common;
 

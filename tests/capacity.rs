@@ -1,3 +1,9 @@
+//! Capacity (`max_entries`): a new key, built or inserted, retires the
+//! least recently used unleased key; leased keys are skipped, so the pool
+//! overshoots and is trimmed later (by the next insert or sweep tick); a
+//! credentials rotation at capacity admits no new key. Paused clock;
+//! builds and disposals are counted exactly, disposals by key.
+
 mod common;
 use common::*;
 
@@ -5,13 +11,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use warmpool::{Lease, Pool};
-
-/// Gets `key` with hash 1 from a factory that builds at once.
-async fn get(pool: &Pool<Client>, c: &Arc<Counters>, key: &str) -> Lease<Client> {
-    pool.get_or_create(key, h(1), factory(c, key, h(1), Duration::ZERO))
-        .await
-        .expect("the factory never fails here")
-}
 
 fn strings(keys: &[&str]) -> Vec<String> {
     keys.iter().map(|k| k.to_string()).collect()
@@ -310,4 +309,44 @@ async fn insert_into_a_full_leased_pool_is_admitted_and_served() {
     let s = pool.stats().await.unwrap();
     assert_eq!(s.keys, strings(&["c", "d"]));
     assert_eq!(s.retirements.capacity, 2);
+}
+
+// A regression found by the model test (`tests/model.rs`) while the hit path
+// learned to ask without the factory first (`Answer::NeedFactory`).
+/// A credential rotation at capacity rebuilds in the same key actor: no second overshoot, no actor churn (the first ask once retired the old instance and let the supervisor stop the idle actor before the second ask).
+#[tokio::test(start_paused = true)]
+async fn rotation_at_capacity_counts_one_overshoot_and_keeps_the_actor() {
+    let c = Counters::new();
+    let pool = builder(&c).max_entries(1).spawn().await.unwrap();
+    let b = pool
+        .get_or_create("b:", h(3), factory(&c, "b:", h(3), Duration::ZERO))
+        .await
+        .unwrap();
+    let a = pool
+        .get_or_create("a:", h(1), factory(&c, "a:", h(1), Duration::ZERO))
+        .await
+        .unwrap();
+    settle().await;
+    assert_eq!(
+        pool.stats().await.unwrap().capacity_overshoot,
+        1,
+        "b is leased: a overshoots"
+    );
+    let ids = || {
+        let mut ids: Vec<_> = key_actors(&pool).iter().map(|a| a.get_id()).collect();
+        ids.sort();
+        ids
+    };
+    let before = ids();
+    let b2 = pool
+        .get_or_create("b:", h(1), factory(&c, "b:", h(1), Duration::ZERO))
+        .await
+        .unwrap();
+    settle().await;
+    assert_eq!(b2.serial, 3);
+    let s = pool.stats().await.unwrap();
+    assert_eq!(s.capacity_overshoot, 1, "the rotation admitted no new key");
+    assert_eq!(s.retirements.credentials, 1);
+    assert_eq!(ids(), before, "b's actor served the rotation itself");
+    drop((a, b, b2));
 }

@@ -1,7 +1,7 @@
 //! Every `Duration` a user can pass is valid: `Duration::MAX` (or `u64::MAX`
 //! seconds in a config) means "practically never" and never panics inside
 //! an actor. One test per builder setter, per-call TTL, `RestartPolicy`
-//! field and `PoolConfig` field.
+//! field and `PoolConfig` field. Paused clock: a year passes at once.
 mod common;
 use common::*;
 

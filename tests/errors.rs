@@ -2,7 +2,7 @@
 //! saw and leaves the factory's error to `source()`, so chain printers print
 //! each cause once; the factory's own error can be found by type whether the
 //! factory returned a `std::io::Error`, its own error type or an
-//! `anyhow::Error`; and no error shows a credential.
+//! `anyhow::Error`; and no error shows a credential. Paused clock.
 
 mod common;
 use common::cool_at_once;

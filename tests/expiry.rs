@@ -1,3 +1,10 @@
+//! Expiry: the time to live (absolute from creation, hits do not extend
+//! it), the time to idle (from the last hand-out) and per-entry TTLs, zero
+//! meaning never; the sweep retiring expired instances without calls (paced
+//! when it finds many); leased expired instances retired at once but
+//! disposed only after their lease; and the exact boundary: served at the
+//! deadline, expired 1 ms after it. Paused clock: every deadline is exact.
+
 mod common;
 use common::*;
 
@@ -7,13 +14,7 @@ use std::time::Duration;
 use warmpool::{Lease, Pool};
 
 const SEC: Duration = Duration::from_secs(1);
-
-/// Gets `key` with hash 1 from a factory that builds at once.
-async fn get(pool: &Pool<Client>, c: &Arc<Counters>, key: &str) -> Lease<Client> {
-    pool.get_or_create(key, h(1), factory(c, key, h(1), Duration::ZERO))
-        .await
-        .expect("the factory never fails here")
-}
+const MS: Duration = Duration::from_millis(1);
 
 async fn advance(d: Duration) {
     tokio::time::advance(d).await;
@@ -391,4 +392,136 @@ async fn sweep_at_the_exact_ttl_retires_nothing() {
     advance(5 * SEC).await;
     eventually("retired by the sweep", async || c.disposed() == 1).await;
     assert_eq!(pool.stats().await.unwrap().retirements.ttl, 1);
+}
+
+/// A per-entry TTL overrides the pool's TTL; a per-entry TTL of zero never expires by age.
+#[tokio::test(start_paused = true)]
+async fn per_entry_ttl_overrides_default() {
+    let c = Counters::new();
+    let pool = builder(&c)
+        .time_to_live(Duration::from_secs(300))
+        .spawn()
+        .await
+        .unwrap();
+
+    let short = pool
+        .get_or_create_with_ttl(
+            "short",
+            h(1),
+            Duration::from_secs(10),
+            factory(&c, "short", h(1), Duration::ZERO),
+        )
+        .await
+        .unwrap();
+    let default = pool
+        .get_or_create("default", h(1), factory(&c, "default", h(1), Duration::ZERO))
+        .await
+        .unwrap();
+    assert_eq!(c.builds(), 2);
+
+    tokio::time::advance(Duration::from_secs(9)).await;
+    let still = pool
+        .get_or_create("short", h(1), factory(&c, "short", h(1), Duration::ZERO))
+        .await
+        .unwrap();
+    assert!(Lease::ptr_eq(&short, &still), "expired before its 10 s TTL");
+
+    tokio::time::advance(Duration::from_secs(2)).await;
+    let rebuilt = pool
+        .get_or_create("short", h(1), factory(&c, "short", h(1), Duration::ZERO))
+        .await
+        .unwrap();
+    assert!(!Lease::ptr_eq(&short, &rebuilt), "served past its 10 s TTL");
+    assert_eq!(rebuilt.serial, 3);
+    let kept = pool
+        .get_or_create("default", h(1), factory(&c, "default", h(1), Duration::ZERO))
+        .await
+        .unwrap();
+    assert!(
+        Lease::ptr_eq(&default, &kept),
+        "the pool TTL (300 s) entry expired at 11 s"
+    );
+    assert_eq!(c.builds(), 3);
+    assert_eq!(pool.stats().await.unwrap().retirements.ttl, 1);
+}
+
+/// A per-entry TTL of zero means the instance never expires by age, even past the pool's TTL.
+#[tokio::test(start_paused = true)]
+async fn per_entry_ttl_zero_never_expires() {
+    let c = Counters::new();
+    let pool = builder(&c)
+        .time_to_live(Duration::from_secs(300))
+        .spawn()
+        .await
+        .unwrap();
+
+    let forever = pool
+        .get_or_create_with_ttl(
+            "forever",
+            h(1),
+            Duration::ZERO,
+            factory(&c, "forever", h(1), Duration::ZERO),
+        )
+        .await
+        .unwrap();
+    let default = pool
+        .get_or_create("default", h(1), factory(&c, "default", h(1), Duration::ZERO))
+        .await
+        .unwrap();
+    drop(default);
+
+    // Step through several sweeps, well past the pool TTL.
+    for _ in 0..20 {
+        tokio::time::advance(Duration::from_secs(60)).await;
+        for _ in 0..50 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    let again = pool
+        .get_or_create("forever", h(1), factory(&c, "forever", h(1), Duration::ZERO))
+        .await
+        .unwrap();
+    assert!(Lease::ptr_eq(&forever, &again), "a zero per-entry TTL expired by age");
+    let default_again = pool
+        .get_or_create("default", h(1), factory(&c, "default", h(1), Duration::ZERO))
+        .await
+        .unwrap();
+    assert_eq!(default_again.serial, 3, "control: the pool-TTL entry must have expired");
+    assert_eq!(c.builds(), 3);
+    let s = pool.stats().await.unwrap();
+    assert_eq!(s.retirements.ttl, 1);
+    assert_eq!(s.hits, 1);
+}
+
+/// A sweep tick that finds 300 expired keys retires all of them (paced), each disposed exactly once, and a key called meanwhile is rebuilt, never served expired.
+#[tokio::test(start_paused = true)]
+async fn sweep_of_many_expired_keys_retires_each_once() {
+    let c = Counters::new();
+    let pool = builder(&c)
+        .time_to_live(10 * SEC)
+        .sweep_interval(SEC)
+        .spawn()
+        .await
+        .unwrap();
+    let keys = fill(&pool, &c, "k", 300).await;
+
+    // Past the 10 s TTL (served at exactly 10 s): the tick at 11 s retires all.
+    tokio::time::advance(11 * SEC).await;
+    // A call right at the tick: the key actor's own check rebuilds it.
+    let (key, old) = &keys[299];
+    let fresh = get(&pool, &c, key).await;
+    assert_ne!(fresh.serial, *old, "an expired instance was served");
+    drop(fresh);
+
+    within(30 * MS, "all 300 expired instances disposed", async || {
+        c.disposed() == 300
+    })
+    .await;
+    settle().await;
+    assert_eq!(c.disposed(), 300, "each expired instance disposed exactly once");
+    let s = pool.stats().await.unwrap();
+    assert_eq!(s.retirements.ttl, 300);
+    assert_eq!(s.size, 1, "only the key called after expiry is resident");
+    assert_eq!(c.builds(), 301);
 }

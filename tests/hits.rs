@@ -1,3 +1,10 @@
+//! Hits, misses and singleflight: a warm key presented with the same
+//! credentials is served from cache; concurrent callers of a cold key share
+//! one build (or one error), and a caller that gives up mid-build cancels
+//! nothing; a credentials rotation and different keys never share
+//! instances; `insert` primes the pool and replaces what it finds. Paused
+//! clock; factory calls and disposals are counted exactly.
+
 mod common;
 use common::*;
 
@@ -8,15 +15,6 @@ use warmpool::{Lease, PoolError, RestartPolicy};
 
 const MS10: Duration = Duration::from_millis(10);
 const SLOW: Duration = Duration::from_millis(100);
-
-/// A fixed instance to prime the pool with via `insert`.
-fn client(key: &str, hash: u64, serial: usize) -> Client {
-    Client {
-        key: key.to_string(),
-        hash: h(hash),
-        serial,
-    }
-}
 
 /// A warm key presented with the same hash is served from cache: same instance, one factory call.
 #[tokio::test(start_paused = true)]
@@ -56,6 +54,30 @@ async fn warm_key_with_matching_hash_is_a_hit() {
     assert_eq!(s.retirements.total(), 0);
     assert_eq!(s.keys, vec!["acme:openai".to_string()]);
     assert_eq!(c.disposed(), 0);
+}
+
+/// A second call on a warm key is a hit on the same instance.
+#[tokio::test(start_paused = true)]
+async fn second_call_hits() {
+    let c = Counters::new();
+    let pool = builder(&c).spawn().await.unwrap();
+    let a = pool
+        .get_or_create("t:a", h(1), factory(&c, "t:a", h(1), Duration::from_millis(10)))
+        .await
+        .unwrap();
+    let b = pool
+        .get_or_create("t:a", h(1), factory(&c, "t:a", h(1), Duration::ZERO))
+        .await
+        .unwrap();
+    assert!(warmpool::Lease::ptr_eq(&a, &b));
+    assert_eq!(c.builds(), 1);
+    let s = pool.stats().await.unwrap();
+    assert_eq!((s.hits, s.misses, s.builds, s.live_leases), (1, 1, 1, 2));
+    drop((a, b));
+    let report = pool.shutdown(Duration::from_secs(1)).await.unwrap();
+    assert_eq!(report.retired, 1);
+    assert_eq!(c.disposed(), 1);
+    assert!(report.still_leased.is_empty());
 }
 
 /// 1,000 concurrent callers on one cold key share one factory call and one instance.
@@ -133,6 +155,79 @@ async fn singleflight_1000_callers_share_one_error() {
     assert_eq!(s.builds, 0);
     assert_eq!(s.live_leases, 0);
     assert_eq!(s.hits, 0);
+}
+
+/// A caller that drops its `get_or_create` mid-build does not cancel it: the other waiter gets the instance, it is cached, and it is disposed exactly once.
+#[tokio::test(start_paused = true)]
+async fn caller_dropping_its_call_mid_build_does_not_cancel_it() {
+    let c = Counters::new();
+    let pool = builder(&c).spawn().await.unwrap();
+    let quitter = spawn_get(&pool, &c, "t:a", 1, Duration::from_secs(2));
+    let stayer = spawn_get(&pool, &c, "t:a", 1, Duration::from_secs(2));
+    settle().await;
+    assert_eq!(c.builds(), 1);
+
+    tokio::time::advance(Duration::from_secs(1)).await;
+    quitter.abort();
+    assert!(quitter.await.unwrap_err().is_cancelled());
+    tokio::time::advance(Duration::from_secs(1)).await;
+    let lease = stayer.await.unwrap().expect("the remaining waiter gets the build");
+    assert_eq!((lease.key.as_str(), lease.serial), ("t:a", 1));
+    settle().await;
+    let s = pool.stats().await.unwrap();
+    assert_eq!(s.live_leases, 1, "the abandoned caller's lease was released");
+    assert_eq!(s.builds, 1);
+
+    // Cached: a hit on the same instance, no second factory call.
+    let again = pool
+        .get_or_create("t:a", h(1), factory(&c, "t:a", h(1), Duration::ZERO))
+        .await
+        .unwrap();
+    assert!(Lease::ptr_eq(&lease, &again));
+    assert_eq!(c.builds(), 1);
+    drop((lease, again));
+
+    assert!(pool.invalidate("t:a").await.unwrap());
+    eventually("disposed after invalidation", async || c.disposed() == 1).await;
+    let report = pool.shutdown(Duration::from_secs(1)).await.unwrap();
+    assert!(report.still_leased.is_empty(), "{:?}", report.still_leased);
+    assert_eq!(c.disposed(), 1, "disposed exactly once");
+    assert_eq!(c.builds(), 1);
+}
+
+/// When the only caller drops its call mid-build, the build still completes and is cached (no lease leaks), and shutdown disposes it exactly once.
+#[tokio::test(start_paused = true)]
+async fn build_abandoned_by_every_caller_is_cached_without_leaking_a_lease() {
+    let c = Counters::new();
+    let pool = builder(&c).spawn().await.unwrap();
+    let only = spawn_get(&pool, &c, "t:a", 1, Duration::from_secs(2));
+    settle().await;
+    only.abort();
+    assert!(only.await.unwrap_err().is_cancelled());
+    assert_eq!(pool.stats().await.unwrap().builds_in_flight, 1);
+
+    tokio::time::advance(Duration::from_secs(2)).await;
+    settle().await;
+    let s = pool.stats().await.unwrap();
+    assert_eq!(s.builds, 1);
+    assert_eq!(s.builds_in_flight, 0);
+    assert_eq!(s.live_leases, 0, "the lease nobody received is not counted as live");
+    assert_eq!(s.keys, vec!["t:a".to_string()], "the finished build is cached");
+    assert_eq!(c.disposed(), 0);
+
+    let lease = pool
+        .get_or_create("t:a", h(1), factory(&c, "t:a", h(1), Duration::ZERO))
+        .await
+        .unwrap();
+    assert_eq!(lease.serial, 1, "served from the abandoned build");
+    assert_eq!(pool.stats().await.unwrap().hits, 1);
+    drop(lease);
+
+    let report = pool.shutdown(Duration::from_secs(1)).await.unwrap();
+    assert_eq!(report.retired, 1);
+    assert!(report.still_leased.is_empty());
+    assert_eq!(c.disposed(), 1);
+    assert_eq!(c.builds(), 1);
 }
 
 /// During a credentials rotation, callers of hash A get only A's instance and callers of B only B's.
@@ -257,153 +352,6 @@ async fn different_keys_never_share_instances() {
     assert_eq!(s.size, keys.len());
 }
 
-/// Invalidating a key mid-build discards that build: its waiters get a fresh (serial 2) instance.
-#[tokio::test(start_paused = true)]
-async fn invalidate_during_build_serves_fresh_build() {
-    let c = Counters::new();
-    let pool = builder(&c).spawn().await.unwrap();
-    let key = "t:k";
-
-    let tasks: Vec<_> = (0..5)
-        .map(|_| {
-            let pool = pool.clone();
-            let c = c.clone();
-            tokio::spawn(async move { pool.get_or_create(key, h(1), factory(&c, key, h(1), SLOW)).await })
-        })
-        .collect();
-    eventually("first build in flight", async || c.builds() == 1).await;
-    assert_eq!(pool.stats().await.unwrap().builds_in_flight, 1);
-
-    assert!(
-        pool.invalidate(key).await.unwrap(),
-        "a build in flight counts as something to invalidate"
-    );
-
-    let mut leases = Vec::new();
-    for t in tasks {
-        leases.push(t.await.unwrap().unwrap());
-    }
-    for lease in &leases {
-        assert_eq!(lease.serial, 2, "the stale build's instance was handed out");
-        assert!(Lease::ptr_eq(lease, &leases[0]));
-    }
-    assert_eq!(c.builds(), 2);
-
-    eventually("stale instance disposed", async || c.disposed() == 1).await;
-    for _ in 0..200 {
-        tokio::task::yield_now().await;
-    }
-    tokio::time::advance(Duration::from_secs(1)).await;
-    assert_eq!(c.disposed(), 1, "stale instance disposed exactly once; fresh one kept");
-
-    let s = pool.stats().await.unwrap();
-    assert_eq!(s.builds, 2);
-    assert_eq!(s.retirements.invalidated, 1);
-    assert_eq!(s.disposals, 1);
-    assert_eq!(s.live_leases, 5);
-}
-
-/// `invalidate` on a warm key returns true and forces a rebuild; on an unknown key it returns false.
-#[tokio::test(start_paused = true)]
-async fn invalidate_warm_and_unknown_keys() {
-    let c = Counters::new();
-    let pool = builder(&c).spawn().await.unwrap();
-
-    let old = pool
-        .get_or_create("warm", h(1), factory(&c, "warm", h(1), MS10))
-        .await
-        .unwrap();
-    assert!(pool.invalidate("warm").await.unwrap());
-    let new = pool
-        .get_or_create("warm", h(1), factory(&c, "warm", h(1), MS10))
-        .await
-        .unwrap();
-    assert!(!Lease::ptr_eq(&old, &new), "invalidated instance served again");
-    assert_eq!(old.serial, 1);
-    assert_eq!(new.serial, 2);
-    assert_eq!(c.builds(), 2);
-
-    assert!(!pool.invalidate("never-seen").await.unwrap());
-    assert!(
-        !pool.invalidate("war").await.unwrap(),
-        "invalidate is exact, not a prefix"
-    );
-
-    let s = pool.stats().await.unwrap();
-    assert_eq!(s.retirements.invalidated, 1);
-    assert_eq!(s.misses, 2);
-    assert_eq!(s.hits, 0);
-
-    drop(old);
-    eventually("old instance disposed", async || c.disposed() == 1).await;
-    assert_eq!(pool.stats().await.unwrap().disposals, 1);
-}
-
-/// `invalidate_by_prefix("acme:")` retires exactly the keys starting with "acme:" and returns their count.
-#[tokio::test(start_paused = true)]
-async fn invalidate_by_prefix_is_exact() {
-    let c = Counters::new();
-    let pool = builder(&c).spawn().await.unwrap();
-    let matching = ["acme:", "acme:anthropic", "acme:openai"];
-    let others = ["acme", "acmex:openai", "acm:e", "zeta:acme:x", "acme-openai"];
-
-    let mut before = Vec::new();
-    for key in matching.iter().chain(others.iter()) {
-        let lease = pool
-            .get_or_create(key, h(1), factory(&c, key, h(1), MS10))
-            .await
-            .unwrap();
-        before.push((key.to_string(), lease));
-    }
-    let total = matching.len() + others.len();
-    assert_eq!(c.builds(), total);
-
-    let count = pool.invalidate_by_prefix("acme:").await.unwrap();
-    assert_eq!(count, matching.len(), "count of keys matching the prefix");
-
-    let s = pool.stats().await.unwrap();
-    assert_eq!(s.retirements.invalidated, matching.len() as u64);
-    assert_eq!(s.retirements.total(), matching.len() as u64);
-
-    for (key, old) in &before {
-        let lease = pool
-            .get_or_create(key, h(1), factory(&c, key, h(1), MS10))
-            .await
-            .unwrap();
-        assert_eq!(lease.key, *key);
-        if key.starts_with("acme:") {
-            assert!(
-                !Lease::ptr_eq(&lease, old),
-                "{key} kept its instance after prefix invalidation"
-            );
-        } else {
-            assert!(
-                Lease::ptr_eq(&lease, old),
-                "{key} lost its instance to prefix invalidation"
-            );
-        }
-    }
-    assert_eq!(c.builds(), total + matching.len());
-    let s = pool.stats().await.unwrap();
-    assert_eq!(s.hits, others.len() as u64);
-
-    drop(before);
-    eventually("invalidated instances disposed", async || {
-        c.disposed() == matching.len()
-    })
-    .await;
-    for _ in 0..200 {
-        tokio::task::yield_now().await;
-    }
-    assert_eq!(c.disposed(), matching.len());
-    let mut disposed = c.disposed_keys.lock().unwrap().clone();
-    disposed.sort();
-    assert_eq!(disposed, matching.to_vec());
-
-    // A prefix that matches nothing.
-    assert_eq!(pool.invalidate_by_prefix("nomatch:").await.unwrap(), 0);
-}
-
 /// `insert` primes the pool (a hit without a factory call); inserting over an instance retires it as `replaced`.
 #[tokio::test(start_paused = true)]
 async fn insert_primes_and_replaces() {
@@ -452,131 +400,32 @@ async fn insert_primes_and_replaces() {
     assert_eq!(pool.stats().await.unwrap().retirements.credentials, 1);
 }
 
-/// A per-entry TTL overrides the pool's TTL; a per-entry TTL of zero never expires by age.
+// A regression found by the model test (`tests/model.rs`) while the hit path
+// learned to ask without the factory first (`Answer::NeedFactory`).
+/// A build discarded by an `insert` while in flight is rebuilt for its own caller with that caller's factory (it once lost the factory and panicked the caller).
 #[tokio::test(start_paused = true)]
-async fn per_entry_ttl_overrides_default() {
+async fn build_discarded_by_insert_is_rebuilt_with_the_callers_factory() {
     let c = Counters::new();
-    let pool = builder(&c)
-        .time_to_live(Duration::from_secs(300))
-        .spawn()
-        .await
-        .unwrap();
-
-    let short = pool
-        .get_or_create_with_ttl(
-            "short",
-            h(1),
-            Duration::from_secs(10),
-            factory(&c, "short", h(1), Duration::ZERO),
-        )
-        .await
-        .unwrap();
-    let default = pool
-        .get_or_create("default", h(1), factory(&c, "default", h(1), Duration::ZERO))
-        .await
-        .unwrap();
-    assert_eq!(c.builds(), 2);
-
-    tokio::time::advance(Duration::from_secs(9)).await;
-    let still = pool
-        .get_or_create("short", h(1), factory(&c, "short", h(1), Duration::ZERO))
-        .await
-        .unwrap();
-    assert!(Lease::ptr_eq(&short, &still), "expired before its 10 s TTL");
-
-    tokio::time::advance(Duration::from_secs(2)).await;
-    let rebuilt = pool
-        .get_or_create("short", h(1), factory(&c, "short", h(1), Duration::ZERO))
-        .await
-        .unwrap();
-    assert!(!Lease::ptr_eq(&short, &rebuilt), "served past its 10 s TTL");
-    assert_eq!(rebuilt.serial, 3);
-    let kept = pool
-        .get_or_create("default", h(1), factory(&c, "default", h(1), Duration::ZERO))
-        .await
-        .unwrap();
-    assert!(
-        Lease::ptr_eq(&default, &kept),
-        "the pool TTL (300 s) entry expired at 11 s"
-    );
-    assert_eq!(c.builds(), 3);
-    assert_eq!(pool.stats().await.unwrap().retirements.ttl, 1);
-}
-
-/// A per-entry TTL of zero means the instance never expires by age, even past the pool's TTL.
-#[tokio::test(start_paused = true)]
-async fn per_entry_ttl_zero_never_expires() {
-    let c = Counters::new();
-    let pool = builder(&c)
-        .time_to_live(Duration::from_secs(300))
-        .spawn()
-        .await
-        .unwrap();
-
-    let forever = pool
-        .get_or_create_with_ttl(
-            "forever",
-            h(1),
-            Duration::ZERO,
-            factory(&c, "forever", h(1), Duration::ZERO),
-        )
-        .await
-        .unwrap();
-    let default = pool
-        .get_or_create("default", h(1), factory(&c, "default", h(1), Duration::ZERO))
-        .await
-        .unwrap();
-    drop(default);
-
-    // Step through several sweeps, well past the pool TTL.
-    for _ in 0..20 {
-        tokio::time::advance(Duration::from_secs(60)).await;
-        for _ in 0..50 {
-            tokio::task::yield_now().await;
-        }
-    }
-
-    let again = pool
-        .get_or_create("forever", h(1), factory(&c, "forever", h(1), Duration::ZERO))
-        .await
-        .unwrap();
-    assert!(Lease::ptr_eq(&forever, &again), "a zero per-entry TTL expired by age");
-    let default_again = pool
-        .get_or_create("default", h(1), factory(&c, "default", h(1), Duration::ZERO))
-        .await
-        .unwrap();
-    assert_eq!(default_again.serial, 3, "control: the pool-TTL entry must have expired");
-    assert_eq!(c.builds(), 3);
-    let s = pool.stats().await.unwrap();
-    assert_eq!(s.retirements.ttl, 1);
-    assert_eq!(s.hits, 1);
-}
-
-/// After `shutdown`, `get_or_create` fails with `PoolError::ShutDown` and calls no factory.
-#[tokio::test(start_paused = true)]
-async fn get_after_shutdown_is_refused() {
-    let c = Counters::new();
-    let pool = builder(&c).spawn().await.unwrap();
-    let other_handle = pool.clone();
-
-    let lease = pool
-        .get_or_create("k", h(1), factory(&c, "k", h(1), MS10))
-        .await
-        .unwrap();
+    let pool = builder(&c).max_entries(1).spawn().await.unwrap();
+    let waiting = spawn_get(&pool, &c, "ab:x", 3, Duration::from_secs(1));
+    settle().await;
+    assert_eq!(c.builds(), 1);
+    let inserted = Client {
+        key: "ab:x".into(),
+        hash: h(1),
+        serial: 1000,
+    };
+    pool.insert("ab:x", h(1), inserted).await.unwrap();
+    tokio::time::advance(Duration::from_secs(3)).await;
+    let lease = waiting.await.expect("the caller's task never panics").unwrap();
+    assert_eq!((lease.key.as_str(), lease.hash, lease.serial), ("ab:x", h(3), 2));
+    assert_eq!(c.builds(), 2, "the discarded build and the caller's fresh one");
     drop(lease);
-    let report = pool.shutdown(Duration::from_secs(1)).await.unwrap();
-    assert_eq!(report.retired, 1);
-    assert_eq!(c.disposed(), 1);
-
-    let err = pool
-        .get_or_create("k", h(1), factory(&c, "k", h(1), MS10))
-        .await
-        .expect_err("served after shutdown");
-    assert!(matches!(err, PoolError::ShutDown), "expected ShutDown, got {err:?}");
-    let err = other_handle
-        .get_or_create("new", h(1), factory(&c, "new", h(1), MS10))
-        .await
-        .expect_err("served after shutdown");
-    assert!(matches!(err, PoolError::ShutDown), "expected ShutDown, got {err:?}");
-    assert_eq!(c.builds(), 1, "no factory call after shutdown");
+    let report = pool.shutdown(Duration::from_secs(5)).await.unwrap();
+    assert!(report.still_leased.is_empty());
+    assert_eq!(
+        c.disposed(),
+        3,
+        "discarded build, inserted instance (credentials), fresh build"
+    );
 }

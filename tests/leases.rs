@@ -1,3 +1,10 @@
+//! Leases and disposal: `Lease` is `Send + Sync + Clone`; an instance is
+//! disposed exactly once, after both its retirement and its last lease (in
+//! either order), also when the task holding it panics, and dropped when
+//! there is no dispose hook; dispose hooks that panic, fail or hang are
+//! contained and counted; `live_leases` counts every hand-out, clone and
+//! drop. Paused clock; disposals are counted exactly.
+
 mod common;
 use common::*;
 

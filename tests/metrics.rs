@@ -197,8 +197,8 @@ async fn counts_builds_hits_misses_and_retirements_exactly() {
             .await
             .unwrap(),
     );
-    pool.insert("c", h(1), client("c", h(1))).await.unwrap();
-    pool.insert("c", h(1), client("c", h(1))).await.unwrap();
+    pool.insert("c", h(1), client("c", 1, 0)).await.unwrap();
+    pool.insert("c", h(1), client("c", 1, 0)).await.unwrap();
     assert_eq!(c.builds(), 4);
 
     let published = pool.publish_metrics().await.unwrap();
@@ -550,13 +550,4 @@ async fn an_unnamed_pool_has_no_pool_label() {
     let builds = recording().get("warmpool_builds_total", &[]);
     assert_eq!(builds.counter.load(SeqCst), 1);
     pool.shutdown(Duration::from_secs(1)).await.unwrap();
-}
-
-/// A fake client, as `insert` takes one.
-fn client(key: &str, hash: warmpool::CredentialsHash) -> Client {
-    Client {
-        key: key.to_string(),
-        hash,
-        serial: 0,
-    }
 }

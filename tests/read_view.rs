@@ -5,6 +5,7 @@
 //! instance built before it; nobody gets another key's or another hash's
 //! instance; every instance is disposed exactly once.
 mod common;
+use common::bounded;
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
@@ -55,12 +56,6 @@ fn key_name(k: usize) -> String {
     format!("t{}:{k:02}", k % 4)
 }
 
-async fn bounded<F: std::future::Future>(what: &str, fut: F) -> F::Output {
-    tokio::time::timeout(BOUND, fut)
-        .await
-        .unwrap_or_else(|_| panic!("{what} did not return within {BOUND:?}"))
-}
-
 /// Readers, invalidators, a rotator and capacity pressure for a few seconds;
 /// then shutdown and exact books.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -99,6 +94,7 @@ async fn readers_never_see_an_invalidated_or_foreign_instance() {
                 let hash = CredentialsHash::from_u64(books.hash[k].load(SeqCst));
                 let b = books.clone();
                 let got = bounded(
+                    BOUND,
                     "get_or_create",
                     pool.get_or_create(&key_name(k), hash, move || {
                         let serial = b.serial.fetch_add(1, SeqCst) + 1;
@@ -142,6 +138,7 @@ async fn readers_never_see_an_invalidated_or_foreign_instance() {
                     let keys: Vec<usize> = (0..KEYS).filter(|k| k % 4 == tenant).collect();
                     let started: Vec<u64> = keys.iter().map(|k| books.started[*k].load(SeqCst)).collect();
                     bounded(
+                        BOUND,
                         "invalidate_by_prefix",
                         pool.invalidate_by_prefix(&format!("t{tenant}:")),
                     )
@@ -153,7 +150,9 @@ async fn readers_never_see_an_invalidated_or_foreign_instance() {
                 } else {
                     let k = n * 7 % KEYS;
                     let started = books.started[k].load(SeqCst);
-                    bounded("invalidate", pool.invalidate(&key_name(k))).await.unwrap();
+                    bounded(BOUND, "invalidate", pool.invalidate(&key_name(k)))
+                        .await
+                        .unwrap();
                     books.floor[k].fetch_max(started, SeqCst);
                 }
                 tokio::time::sleep(Duration::from_micros(300)).await;
@@ -176,11 +175,11 @@ async fn readers_never_see_an_invalidated_or_foreign_instance() {
     }
     let mut hits = 0;
     for task in tasks {
-        hits += bounded("a task", task).await.unwrap();
+        hits += bounded(BOUND, "a task", task).await.unwrap();
     }
     assert!(hits > 1_000, "the readers ran ({hits} leases)");
 
-    let report = bounded("shutdown", pool.shutdown(Duration::from_secs(5)))
+    let report = bounded(BOUND, "shutdown", pool.shutdown(Duration::from_secs(5)))
         .await
         .unwrap();
     assert!(report.still_leased.is_empty(), "{:?}", report.still_leased);

@@ -11,14 +11,6 @@ use warmpool::{PoolError, SupervisorMsg};
 /// The longest any single call may take in this test; a build takes 0-2 ms.
 const BOUND: Duration = Duration::from_secs(5);
 
-/// Awaits `fut`, failing the test with `what` if it does not finish within `BOUND`.
-async fn bounded<F: std::future::Future>(what: &str, fut: F) -> F::Output {
-    match tokio::time::timeout(BOUND, fut).await {
-        Ok(out) => out,
-        Err(_) => panic!("{what} did not return within {BOUND:?}"),
-    }
-}
-
 /// 300 rounds: 8 tasks get and invalidate 12 keys while three handles shut
 /// the pool down at once and a fourth is dropped; every call (including the
 /// public messages sent through `Pool::actor`) returns a result or
@@ -44,7 +36,7 @@ async fn calls_racing_shutdowns_and_drops_always_return() {
                     let delay = Duration::from_millis(((t + i) % 3) as u64);
                     if (t + i) % 5 == 0 {
                         let prefix = &key[..3];
-                        match bounded("invalidate_by_prefix", pool.invalidate_by_prefix(prefix)).await {
+                        match bounded(BOUND, "invalidate_by_prefix", pool.invalidate_by_prefix(prefix)).await {
                             Ok(_) | Err(PoolError::ShutDown) => {}
                             Err(other) => panic!("invalidate_by_prefix: {other}"),
                         }
@@ -55,9 +47,10 @@ async fn calls_racing_shutdowns_and_drops_always_return() {
                             reply
                         });
                         // The actor may be gone: ractor's error, never a hang.
-                        let _ = bounded("Invalidate through Pool::actor", async { asked }).await;
+                        let _ = bounded(BOUND, "Invalidate through Pool::actor", async { asked }).await;
                     } else {
                         match bounded(
+                            BOUND,
                             "get_or_create",
                             pool.get_or_create(key, h(1), factory(&c, key, h(1), delay)),
                         )
@@ -76,7 +69,7 @@ async fn calls_racing_shutdowns_and_drops_always_return() {
                 let pool = pool.clone();
                 tokio::spawn(async move {
                     tokio::time::sleep(Duration::from_micros(fastrand::u64(0..3_000))).await;
-                    match bounded("shutdown", pool.shutdown(Duration::from_secs(2))).await {
+                    match bounded(BOUND, "shutdown", pool.shutdown(Duration::from_secs(2))).await {
                         Ok(_) | Err(PoolError::ShutDown) => {}
                         Err(other) => panic!("shutdown: {other}"),
                     }
@@ -86,7 +79,7 @@ async fn calls_racing_shutdowns_and_drops_always_return() {
         let stats_pool = pool.clone();
         let stats = tokio::spawn(async move {
             for _ in 0..10 {
-                match bounded("stats", stats_pool.stats()).await {
+                match bounded(BOUND, "stats", stats_pool.stats()).await {
                     Ok(_) | Err(PoolError::ShutDown) => {}
                     Err(other) => panic!("stats: {other}"),
                 }
@@ -94,13 +87,13 @@ async fn calls_racing_shutdowns_and_drops_always_return() {
         });
         drop(pool);
         for task in tasks.into_iter().chain(shutters).chain([stats]) {
-            bounded("a caller task", task)
+            bounded(BOUND, "a caller task", task)
                 .await
                 .unwrap_or_else(|e| panic!("round {round}: {e}"));
         }
         // Every instance built is disposed exactly once (all leases are gone).
         let c2 = c.clone();
-        bounded("disposal of every build", async move {
+        bounded(BOUND, "disposal of every build", async move {
             while c2.disposed() < c2.builds() {
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }

@@ -1,0 +1,272 @@
+//! Section 1 (`hits`): hit latency distributions.
+
+use std::collections::HashMap;
+use std::num::NonZeroUsize;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ractor::ActorRef;
+use warmpool::Pool;
+
+use crate::floor::{RouterMsg, spawn_floor};
+use crate::instances::{HASH, Inst, ready};
+use crate::plan::Plan;
+use crate::stats::{mmm, ns, ops, percentile, ratio};
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub(crate) enum Sys {
+    Pool,
+    Floor,
+    Moka,
+    Quick,
+    Lru,
+}
+
+impl Sys {
+    const ALL: [Sys; 5] = [Sys::Pool, Sys::Floor, Sys::Moka, Sys::Quick, Sys::Lru];
+
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Sys::Pool => "warmpool `get_or_create`",
+            Sys::Floor => "floor: ractor two-hop round trip",
+            Sys::Moka => "moka `get_with`",
+            Sys::Quick => "quick_cache sync `get`",
+            Sys::Lru => "`Mutex<LruCache>` get",
+        }
+    }
+
+    pub(crate) fn short(self) -> &'static str {
+        match self {
+            Sys::Pool => "warmpool",
+            Sys::Floor => "floor (ractor 2-hop)",
+            Sys::Moka => "moka get_with",
+            Sys::Quick => "quick_cache get",
+            Sys::Lru => "Mutex<LruCache>",
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Targets {
+    keys: Arc<Vec<String>>,
+    arc_keys: Arc<Vec<Arc<str>>>,
+    order: Arc<Vec<u16>>,
+    pool: Pool<Inst>,
+    router: ActorRef<RouterMsg>,
+    moka: moka::future::Cache<Arc<str>, Arc<Inst>>,
+    quick: Arc<quick_cache::sync::Cache<Arc<str>, Arc<Inst>>>,
+    lru: Arc<Mutex<lru::LruCache<Arc<str>, Arc<Inst>>>>,
+}
+
+impl Targets {
+    /// One hit on key number `i`.
+    async fn hit(&self, sys: Sys, i: usize) {
+        match sys {
+            Sys::Pool => {
+                let lease = self.pool.get_or_create(&self.keys[i], HASH, ready).await.unwrap();
+                std::hint::black_box(&lease);
+            }
+            Sys::Floor => match self.router.call(|reply| RouterMsg::Get(i, reply), None).await {
+                Ok(ractor::rpc::CallResult::Success(v)) => {
+                    std::hint::black_box(&v);
+                }
+                _ => panic!("floor call failed"),
+            },
+            Sys::Moka => {
+                let v = self
+                    .moka
+                    .get_with(self.arc_keys[i].clone(), async { unreachable!("warm") })
+                    .await;
+                std::hint::black_box(&v);
+            }
+            Sys::Quick => {
+                let v = self.quick.get(&self.arc_keys[i]);
+                std::hint::black_box(&v.expect("warm"));
+            }
+            Sys::Lru => {
+                let v = self.lru.lock().unwrap().get(&*self.arc_keys[i]).cloned();
+                std::hint::black_box(&v.expect("warm"));
+            }
+        }
+    }
+}
+
+/// `callers` tasks doing `per_caller` hits each; returns (wall time, per-op latencies in ns).
+async fn hit_run(t: &Targets, sys: Sys, callers: usize, per_caller: usize) -> (Duration, Vec<u64>) {
+    let gate = Arc::new(tokio::sync::Barrier::new(callers + 1));
+    let mut tasks = Vec::with_capacity(callers);
+    for c in 0..callers {
+        let t = t.clone();
+        let gate = gate.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(per_caller);
+            let order = t.order.clone();
+            let mut pos = (c * 7919) % order.len();
+            gate.wait().await;
+            let first = Instant::now();
+            for _ in 0..per_caller {
+                let i = order[pos] as usize;
+                pos = (pos + 1) % order.len();
+                let start = Instant::now();
+                t.hit(sys, i).await;
+                lat.push(start.elapsed().as_nanos() as u64);
+            }
+            (first, Instant::now(), lat)
+        }));
+    }
+    gate.wait().await;
+    let mut all = Vec::with_capacity(callers * per_caller);
+    let (mut first, mut last) = (None::<Instant>, None::<Instant>);
+    for task in tasks {
+        let (a, b, lat) = task.await.unwrap();
+        first = Some(first.map_or(a, |f| f.min(a)));
+        last = Some(last.map_or(b, |l| l.max(b)));
+        all.extend(lat);
+    }
+    (last.unwrap() - first.unwrap(), all)
+}
+
+pub(crate) struct HitFigures {
+    /// Per run: ns/op (wall / ops), ops/s, p50, p99, p99.9.
+    pub(crate) runs: Vec<[f64; 5]>,
+    /// Every latency of every run, sorted (for the chart).
+    pub(crate) all: Vec<u64>,
+}
+
+pub(crate) async fn section_hits(plan: &Plan) -> HashMap<(usize, Sys), HitFigures> {
+    const KEYS: usize = 1_000;
+    let keys: Vec<String> = (0..KEYS).map(|i| format!("tenant{i:04}:openai")).collect();
+    let arc_keys: Vec<Arc<str>> = keys.iter().map(|k| Arc::from(k.as_str())).collect();
+    let mut rng = fastrand::Rng::with_seed(42);
+    let order: Vec<u16> = (0..65_536).map(|_| rng.u16(0..KEYS as u16)).collect();
+
+    let pool: Pool<Inst> = Pool::builder().max_entries(10_000).spawn().await.unwrap();
+    for k in &keys {
+        drop(pool.get_or_create(k, HASH, ready).await.unwrap());
+    }
+    let (router, _holders) = spawn_floor(KEYS).await;
+    let moka = moka::future::Cache::new(10_000);
+    let lru = Arc::new(Mutex::new(lru::LruCache::new(NonZeroUsize::new(10_000).unwrap())));
+    let quick = Arc::new(quick_cache::sync::Cache::new(10_000));
+    for k in &arc_keys {
+        let inst = Arc::new(Inst {
+            key: 0,
+            hash: HASH,
+            serial: 0,
+        });
+        moka.insert(k.clone(), inst.clone()).await;
+        quick.insert(k.clone(), inst.clone());
+        lru.lock().unwrap().put(k.clone(), inst);
+    }
+    let t = Targets {
+        keys: Arc::new(keys),
+        arc_keys: Arc::new(arc_keys),
+        order: Arc::new(order),
+        pool: pool.clone(),
+        router,
+        moka,
+        quick,
+        lru,
+    };
+
+    // Warm-up: every system, a little, both caller counts.
+    for sys in Sys::ALL {
+        hit_run(&t, sys, 1, 5_000).await;
+        hit_run(&t, sys, 64, 100).await;
+    }
+
+    let mut figures: HashMap<(usize, Sys), HitFigures> = HashMap::new();
+    for callers in [1usize, 2, 8, 64] {
+        let per_caller = if callers == 1 {
+            plan.hit_ops_one
+        } else {
+            plan.hit_ops_per_caller_64 * 64 / callers
+        };
+        for round in 0..plan.hit_rounds {
+            // Interleave the systems, rotating who goes first, so drifting
+            // machine load hits all of them alike.
+            for j in 0..Sys::ALL.len() {
+                let sys = Sys::ALL[(j + round) % Sys::ALL.len()];
+                let (wall, mut lat) = hit_run(&t, sys, callers, per_caller).await;
+                lat.sort_unstable();
+                let n = lat.len() as f64;
+                let nsop = wall.as_nanos() as f64 / n;
+                let row = [
+                    nsop,
+                    n / wall.as_secs_f64(),
+                    percentile(&lat, 50.0) as f64,
+                    percentile(&lat, 99.0) as f64,
+                    percentile(&lat, 99.9) as f64,
+                ];
+                let f = figures.entry((callers, sys)).or_insert_with(|| HitFigures {
+                    runs: Vec::new(),
+                    all: Vec::new(),
+                });
+                f.runs.push(row);
+                f.all.extend(lat);
+            }
+        }
+    }
+    for f in figures.values_mut() {
+        f.all.sort_unstable();
+    }
+
+    let s = pool.stats().await.unwrap();
+    pool.shutdown(Duration::from_secs(30)).await.unwrap();
+
+    println!("## 1. Hit latency: warmpool against the floor, moka and a mutexed LRU\n");
+    println!(
+        "1,000 warm keys, keys drawn from a fixed pseudo-random sequence; each caller is a task on a 2-worker \
+         tokio runtime and times every call with `Instant`. {} runs per row, systems interleaved; \
+         each cell is median [min-max] over the runs. ns/op = wall time / ops (for 64 callers: the inverse \
+         of throughput); p50/p99/p99.9 = per-call latency.\n",
+        plan.hit_rounds
+    );
+    for callers in [1usize, 2, 8, 64] {
+        let per = if callers == 1 {
+            plan.hit_ops_one
+        } else {
+            plan.hit_ops_per_caller_64 * 64
+        };
+        println!(
+            "### {callers} caller{} ({per} hits per run)\n",
+            if callers == 1 { "" } else { "s" }
+        );
+        println!("| system | ns/op | ops/s | p50 | p99 | p99.9 |");
+        println!("|---|---|---|---|---|---|");
+        for sys in Sys::ALL {
+            let f = &figures[&(callers, sys)];
+            let col = |i: usize| f.runs.iter().map(|r| r[i]).collect::<Vec<_>>();
+            println!(
+                "| {} | {} | {} | {} | {} | {} |",
+                sys.name(),
+                mmm(&col(0), ns),
+                mmm(&col(1), ops),
+                mmm(&col(2), ns),
+                mmm(&col(3), ns),
+                mmm(&col(4), ns)
+            );
+        }
+        println!();
+        println!("| ratio (per run, same round) | ns/op | p50 | p99 |");
+        println!("|---|---|---|---|");
+        for other in [Sys::Floor, Sys::Moka, Sys::Quick] {
+            let p = &figures[&(callers, Sys::Pool)].runs;
+            let o = &figures[&(callers, other)].runs;
+            let r = |i: usize| p.iter().zip(o).map(|(a, b)| a[i] / b[i]).collect::<Vec<_>>();
+            println!(
+                "| warmpool / {} | {} | {} | {} |",
+                other.short(),
+                mmm(&r(0), ratio),
+                mmm(&r(2), ratio),
+                mmm(&r(3), ratio)
+            );
+        }
+        println!();
+    }
+    println!(
+        "Pool counters after the runs: {} hits, {} misses, {} builds (the 1,000 warm-up builds).\n",
+        s.hits, s.misses, s.builds
+    );
+    figures
+}
