@@ -181,7 +181,16 @@ async fn call_route(State(gateway): State<Gateway>, Path((tenant, api)): Path<(S
             )
                 .into_response()
         }
-        Err(error) => (StatusCode::BAD_GATEWAY, format!("provider call failed: {error}")).into_response(),
+        Err(error) => {
+            if error.status().is_some_and(|status| status.as_u16() == 401) {
+                // The provider stopped accepting this client's key (revoked
+                // upstream). Retire exactly this client: not the one another
+                // request may have rebuilt meanwhile. The next call builds anew.
+                let retired = gateway.pool.retire(&client).await;
+                tracing::warn!(key = %client.key(), retired, "provider answered 401; client retired");
+            }
+            (StatusCode::BAD_GATEWAY, format!("provider call failed: {error}")).into_response()
+        }
     }
 }
 
