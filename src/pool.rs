@@ -379,11 +379,11 @@ impl<T: Send + Sync + 'static> Pool<T> {
     /// Like [`refresh`](Self::refresh), for configuration `version`: the new
     /// instance is built for `version` (see [`Lease::version`]). A refresh
     /// for a version below the current instance's returns `Ok(false)`
-    /// without building, and a rebuild for a version below one published
-    /// meanwhile is dropped (with a warning) when it finishes: so versions
-    /// arriving out of order (say, over an event bus) never replace a newer
-    /// instance with an older one. A refresh for a version above the one a
-    /// rebuild in flight is for waits for it, then builds. Versions belong
+    /// without building; one for a version no higher than that of a rebuild
+    /// in flight shares it; one for a higher version waits for it, then
+    /// builds. So a rebuild for an older version never lands after a newer
+    /// one, and versions arriving out of order (say, over an event bus)
+    /// never replace a newer instance with an older one. Versions belong
     /// to a resident key: a key not in the pool is not built (`Ok(false)`),
     /// and a key that left it starts again at version 0.
     pub async fn refresh_version(&self, key: &str, version: u64) -> Result<bool, PoolError> {

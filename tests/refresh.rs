@@ -55,6 +55,16 @@ async fn refreshing_pool(counters: &Arc<Counters>) -> Pool<Client> {
         .unwrap()
 }
 
+/// Builds `k`'s instance (the factory takes `delay`, and so will its
+/// rebuilds) and drops the lease.
+async fn warm(pool: &Pool<Client>, c: &Arc<Counters>, delay: Duration) {
+    drop(
+        pool.get_or_create("k", h(1), factory(c, "k", h(1), delay))
+            .await
+            .unwrap(),
+    );
+}
+
 /// Gets `key` and asserts that no time passed: the call did not wait for a build.
 async fn get_at_once(pool: &Pool<Client>, c: &Arc<Counters>, key: &str) -> usize {
     let before = Instant::now();
@@ -106,11 +116,7 @@ async fn a_hit_past_refresh_after_is_served_at_once_and_one_rebuild_swaps_in() {
 async fn a_leased_old_instance_is_disposed_only_after_its_last_lease() {
     let c = Counters::new();
     let pool = refreshing_pool(&c).await;
-    drop(
-        pool.get_or_create("k", h(1), factory(&c, "k", h(1), SEC))
-            .await
-            .unwrap(),
-    );
+    warm(&pool, &c, SEC).await;
     advance(11 * SEC).await;
     let old = pool
         .get_or_create("k", h(1), factory(&c, "k", h(1), SEC))
@@ -203,11 +209,7 @@ async fn a_caller_finding_the_instance_expired_during_its_refresh_joins_that_reb
 async fn refresh_rebuilds_while_callers_are_served_and_returns_once_published() {
     let c = Counters::new();
     let pool = builder(&c).spawn().await.unwrap();
-    drop(
-        pool.get_or_create("k", h(1), factory(&c, "k", h(1), 2 * SEC))
-            .await
-            .unwrap(),
-    );
+    warm(&pool, &c, 2 * SEC).await;
     let refresh = tokio::spawn({
         let pool = pool.clone();
         async move { pool.refresh("k").await }
@@ -252,11 +254,7 @@ async fn refresh_of_a_key_with_nothing_to_rebuild_returns_false_without_building
         !pool.refresh("inserted").await.unwrap(),
         "no factory for an inserted instance"
     );
-    drop(
-        pool.get_or_create("k", h(1), factory(&c, "k", h(1), Duration::ZERO))
-            .await
-            .unwrap(),
-    );
+    warm(&pool, &c, Duration::ZERO).await;
     advance(11 * SEC).await;
     assert!(!pool.refresh("k").await.unwrap(), "expired");
     settle().await;
@@ -267,11 +265,7 @@ async fn refresh_of_a_key_with_nothing_to_rebuild_returns_false_without_building
 async fn concurrent_refreshes_of_one_key_share_one_rebuild() {
     let c = Counters::new();
     let pool = builder(&c).spawn().await.unwrap();
-    drop(
-        pool.get_or_create("k", h(1), factory(&c, "k", h(1), SEC))
-            .await
-            .unwrap(),
-    );
+    warm(&pool, &c, SEC).await;
     let calls: Vec<_> = (0..5)
         .map(|_| {
             let pool = pool.clone();
@@ -345,11 +339,7 @@ async fn versions_never_go_back() {
 async fn a_newer_version_waits_for_the_rebuild_in_flight_and_an_older_one_shares_it() {
     let c = Counters::new();
     let pool = builder(&c).spawn().await.unwrap();
-    drop(
-        pool.get_or_create("k", h(1), factory(&c, "k", h(1), SEC))
-            .await
-            .unwrap(),
-    );
+    warm(&pool, &c, SEC).await;
     let spawn = |v: u64| {
         let pool = pool.clone();
         tokio::spawn(async move { pool.refresh_version("k", v).await })
@@ -371,11 +361,7 @@ async fn a_newer_version_waits_for_the_rebuild_in_flight_and_an_older_one_shares
 
 /// Starts `pool.refresh("k")` with a 2 s factory already stored and returns it once its rebuild runs.
 async fn refresh_in_flight(pool: &Pool<Client>, c: &Arc<Counters>) -> tokio::task::JoinHandle<Result<bool, PoolError>> {
-    drop(
-        pool.get_or_create("k", h(1), factory(c, "k", h(1), 2 * SEC))
-            .await
-            .unwrap(),
-    );
+    warm(pool, c, 2 * SEC).await;
     let refresh = tokio::spawn({
         let pool = pool.clone();
         async move { pool.refresh("k").await }
@@ -481,17 +467,9 @@ async fn refresh_ahead_is_read_from_config() {
     assert_eq!(config.refresh_seconds, 10);
     let c = Counters::new();
     let pool = builder(&c).config(&config).spawn().await.unwrap();
-    drop(
-        pool.get_or_create("k", h(1), factory(&c, "k", h(1), Duration::ZERO))
-            .await
-            .unwrap(),
-    );
+    warm(&pool, &c, Duration::ZERO).await;
     advance(11 * SEC).await;
-    drop(
-        pool.get_or_create("k", h(1), factory(&c, "k", h(1), Duration::ZERO))
-            .await
-            .unwrap(),
-    );
+    warm(&pool, &c, Duration::ZERO).await;
     eventually("rebuilt in the background", async || c.builds() == 2).await;
     let bad = PoolConfig::from_lookup("P", &ConfigCaps::default(), |name: &str| {
         (name == "P_REFRESH_SECONDS").then(|| Ok("soon".to_string()))

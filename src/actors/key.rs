@@ -64,8 +64,6 @@ struct Current<T: Send + Sync + 'static> {
     /// publishes under it too, so that a prefix invalidation that fenced
     /// the key since is never undone by the rebuild.
     fence: u64,
-    /// The configuration version it was built for.
-    version: u64,
 }
 
 /// What makes a build a refresh: it replaces an instance that keeps
@@ -163,9 +161,12 @@ pub(crate) struct KeyState<T: Send + Sync + 'static> {
     next_attempt: u64,
     phase: KeyPhase,
     retired_by_shutdown: u64,
-    /// The highest configuration version an instance of this key was
-    /// published for; builds are made for it, and a rebuild for an older
-    /// version is dropped when it finishes.
+    /// The configuration version of the key's instances: every build and
+    /// insert is made for it, and only a refresh for a version at least as
+    /// high changes it (when it is published). So the current instance is
+    /// always of this version, and, as one build runs at a time and a
+    /// higher version waits for the rebuild in flight, an older rebuild can
+    /// never land after a newer one.
     version: u64,
     /// `Pool::refresh` calls that could not share the build in flight (it is
     /// for an older version): handled, in order, once it is done.
@@ -363,19 +364,6 @@ impl<T: Send + Sync + 'static> KeyState<T> {
             return;
         }
         match outcome {
-            Ok(instance) if instance.version < self.version => {
-                // A rebuild for a configuration version older than one
-                // published since: never served.
-                tracing::warn!(
-                    key = %self.key,
-                    version = instance.version,
-                    current = self.version,
-                    "dropped a rebuild for an older configuration version"
-                );
-                drop(instance);
-                build.answer_refresh(&Ok(false));
-                self.requeue_front(build.waiters);
-            }
             Ok(instance) => {
                 self.restart.success();
                 tracing::debug!(key = %self.key, instance = %instance.id, "built");
@@ -386,7 +374,7 @@ impl<T: Send + Sync + 'static> KeyState<T> {
                     (Some(refresh), Some(current)) if current.entry.id == refresh.replaces => self.current.take(),
                     _ => None,
                 };
-                self.version = self.version.max(instance.version);
+                self.version = instance.version;
                 let expires_at = self.shared.settings.expiry(build.ttl, now);
                 // Published first, retired second: a caller finds either the
                 // old instance (still valid) or the new one, never neither.
@@ -423,14 +411,7 @@ impl<T: Send + Sync + 'static> KeyState<T> {
                 };
                 let verdict = build.attempts.limit(verdict);
                 match verdict {
-                    Verdict::Retry(delay) => {
-                        build.retries_done += 1;
-                        build.running = false;
-                        let attempt = build.attempt;
-                        self.build = Some(build);
-                        myself.send_after(delay, move || KeyMsg::Retry { attempt });
-                        return;
-                    }
+                    Verdict::Retry(delay) => return self.retry_after(myself, build, delay),
                     Verdict::GiveUp => {}
                     Verdict::CoolDown(cool) => {
                         tracing::warn!(key = %self.key, cool_down = ?cool, "key cooling down after repeated failures");
@@ -457,12 +438,7 @@ impl<T: Send + Sync + 'static> KeyState<T> {
             && build.retries_done < policy.max_retries
             && Deadline::after(now, delay) != Deadline::Never
         {
-            build.retries_done += 1;
-            build.running = false;
-            let attempt = build.attempt;
-            self.build = Some(build);
-            myself.send_after(delay, move || KeyMsg::Retry { attempt });
-            return;
+            return self.retry_after(myself, build, delay);
         }
         Metrics::bump(&self.metrics().refresh_failures);
         let rearm = policy.backoff(self.refresh_failures);
@@ -482,6 +458,16 @@ impl<T: Send + Sync + 'static> KeyState<T> {
             myself.send_after(rearm, move || KeyMsg::Rearm { instance });
         }
         self.drain_queue(myself);
+    }
+
+    /// Keeps `build` and runs its next attempt after `delay` (its waiters
+    /// keep waiting).
+    fn retry_after(&mut self, myself: &ActorRef<KeyMsg<T>>, mut build: Build<T>, delay: Duration) {
+        build.retries_done += 1;
+        build.running = false;
+        let attempt = build.attempt;
+        self.build = Some(build);
+        myself.send_after(delay, move || KeyMsg::Retry { attempt });
     }
 
     /// What a `Pool::refresh` caller gets when its rebuild was dropped.
@@ -530,8 +516,8 @@ impl<T: Send + Sync + 'static> KeyState<T> {
         {
             return answer(reply, Ok(false));
         }
-        let version = version.unwrap_or(current.version);
-        let Some(factory) = current.factory.clone().filter(|_| version >= current.version) else {
+        let version = version.unwrap_or(self.version);
+        let Some(factory) = current.factory.clone().filter(|_| version >= self.version) else {
             return answer(reply, Ok(false));
         };
         let (hash, replaces, ttl, fence) = (entry.hash, entry.id, current.ttl, current.fence);
@@ -718,7 +704,6 @@ impl<T: Send + Sync + 'static> KeyState<T> {
         factory: Option<Factory<T>>,
         ttl: Option<Duration>,
     ) {
-        let version = instance.version;
         let entry = Published::new(instance, hash, expires_at, Instant::now(), &self.shared.view);
         let published = !self.shutting_down() && self.shared.view.publish(self.key.clone(), &entry, fence);
         self.current = Some(Current {
@@ -727,7 +712,6 @@ impl<T: Send + Sync + 'static> KeyState<T> {
             factory,
             ttl,
             fence,
-            version,
         });
     }
 
