@@ -199,7 +199,13 @@ impl<T: Send + Sync + 'static> Slot<T> {
 /// The map every hit reads (see the module docs).
 pub(crate) struct ReadView<T: Send + Sync + 'static> {
     /// Hashed with foldhash (seeded per map): keys are short strings, and
-    /// SipHash, the standard hasher, was a tenth of a hit's cost.
+    /// SipHash, the standard hasher, was a tenth of a hit's cost. Resized
+    /// in papaya's blocking mode: in its default, incremental mode a grown
+    /// table stays half-copied until enough later writes finish the copy,
+    /// and only actors write, so after a fill the lookups of a quiet pool
+    /// searched both tables for good (a hit over 1,000 keys cost twice as
+    /// much). Blocking makes the actor whose insert triggers a resize copy
+    /// the table before it goes on; readers never wait.
     map: papaya::HashMap<Arc<str>, Slot<T>, foldhash::quality::RandomState>,
     /// Origin of the entries' last-use times.
     origin: Instant,
@@ -213,6 +219,7 @@ impl<T: Send + Sync + 'static> ReadView<T> {
         ReadView {
             map: papaya::HashMap::builder()
                 .hasher(foldhash::quality::RandomState::default())
+                .resize_mode(papaya::ResizeMode::Blocking)
                 .build(),
             origin: Instant::now(),
             fence: AtomicU64::new(0),
