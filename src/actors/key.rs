@@ -50,6 +50,10 @@ pub(crate) struct KeyArgs<T: Send + Sync + 'static> {
 /// see `published`), so that hits through the view and through this actor
 /// share one last-use time.
 struct Current<T: Send + Sync + 'static> {
+    /// The pool's reference to the instance (the read view holds a weak
+    /// one): dropped as the instance is retired, so that it is disposed
+    /// then, or at its last lease.
+    instance: Arc<Instance<T>>,
     entry: Arc<Published<T>>,
     /// Whether `entry` is in the read view; false while a publish waits for
     /// the supervisor (see `ReadView::fence`).
@@ -203,14 +207,10 @@ impl<T: Send + Sync + 'static> KeyState<T> {
                 .refusal(request.hash, now, self.shared.settings.time_to_idle, view)
             {
                 None => {
-                    if let Some(lease) = current.entry.lease() {
-                        current.entry.handed_out(now, view);
-                        self.shared.metrics.hits.add(1);
-                        request.answer(Ok(lease));
-                        return;
-                    }
-                    // Emptied by the supervisor: the actor this key had died.
-                    self.current = None;
+                    current.entry.handed_out(now, view);
+                    self.shared.metrics.hits.add(1);
+                    request.answer(Ok(Lease::new(&current.instance)));
+                    return;
                 }
                 Some(cause) => {
                     // A rebuild under way for these credentials becomes this
@@ -567,9 +567,9 @@ impl<T: Send + Sync + 'static> KeyState<T> {
     fn rearm(&self, instance: InstanceId) {
         if let Some(current) = self.current.as_ref()
             && current.entry.id == instance
-            && let Some(instance) = current.entry.instance()
         {
-            instance
+            current
+                .instance
                 .refresh_claimed
                 .store(false, std::sync::atomic::Ordering::Relaxed);
         }
@@ -704,9 +704,10 @@ impl<T: Send + Sync + 'static> KeyState<T> {
         factory: Option<Factory<T>>,
         ttl: Option<Duration>,
     ) {
-        let entry = Published::new(instance, hash, expires_at, Instant::now(), &self.shared.view);
+        let entry = Published::new(&instance, hash, expires_at, Instant::now(), &self.shared.view);
         let published = !self.shutting_down() && self.shared.view.publish(self.key.clone(), &entry, fence);
         self.current = Some(Current {
+            instance,
             entry,
             published,
             factory,
@@ -759,7 +760,9 @@ impl<T: Send + Sync + 'static> KeyState<T> {
         let _span = crate::trace::retire_span(&self.key, current.entry.id, cause).entered();
         // Out of the read view before anything acknowledges the retirement.
         self.shared.view.unpublish(&self.key, &current.entry);
-        current.entry.empty();
+        // The pool's reference goes now: disposal follows at once, or at
+        // the last lease.
+        drop(current.instance);
         self.metrics().retired(cause);
         if cause == RetireCause::Shutdown {
             self.retired_by_shutdown += 1;
@@ -833,7 +836,7 @@ impl<T: Send + Sync + 'static> KeyState<T> {
                 KeyReport::Ready {
                     instance,
                     expires_at: current.entry.expires_at,
-                    probe: current.entry.probe(),
+                    probe: Arc::downgrade(&current.instance),
                     published,
                 }
             }
