@@ -115,22 +115,32 @@ const STRIPES: usize = 16;
 struct Stripe(AtomicU64);
 
 thread_local! {
-    /// This thread's stripe, handed out round-robin.
-    static STRIPE: usize = {
+    /// This thread's stripe, handed out round-robin on first use
+    /// (`usize::MAX` until then). Const-initialised, so that the hit path's
+    /// access is a plain thread-local read with no lazy-init check.
+    static STRIPE: std::cell::Cell<usize> = const { std::cell::Cell::new(usize::MAX) };
+}
+
+fn stripe() -> usize {
+    STRIPE.with(|stripe| {
+        let i = stripe.get();
+        if i != usize::MAX {
+            return i;
+        }
         static NEXT: AtomicU64 = AtomicU64::new(0);
-        (NEXT.fetch_add(1, Relaxed) as usize) % STRIPES
-    };
+        let i = (NEXT.fetch_add(1, Relaxed) as usize) % STRIPES;
+        stripe.set(i);
+        i
+    })
 }
 
 impl Striped {
     pub(crate) fn add(&self, n: u64) {
-        let i = STRIPE.with(|i| *i);
-        self.0[i].0.fetch_add(n, Relaxed);
+        self.0[stripe()].0.fetch_add(n, Relaxed);
     }
 
     pub(crate) fn sub(&self, n: u64) {
-        let i = STRIPE.with(|i| *i);
-        self.0[i].0.fetch_sub(n, Relaxed);
+        self.0[stripe()].0.fetch_sub(n, Relaxed);
     }
 
     pub(crate) fn sum(&self) -> u64 {

@@ -118,10 +118,11 @@ impl<T: Send + Sync + 'static> Published<T> {
 
     /// Records a hit through the read view at `now` (coarsely: see
     /// `last_used`): a use of the key the supervisor has not seen.
-    pub(crate) fn touch(&self, now: Instant, view: &ReadView<T>) {
-        self.handed_out(now, view);
+    fn touch(&self, now: Instant, view: &ReadView<T>) {
+        let now = view.nanos(now);
+        self.record_hand_out(now);
         // At least 1: zero means "not touched".
-        let now = view.nanos(now).max(1);
+        let now = now.max(1);
         // Read before written: a hot key's line is written at most once per
         // millisecond, not once per hit.
         let last = self.touched_at.load(Ordering::Relaxed);
@@ -134,10 +135,13 @@ impl<T: Send + Sync + 'static> Published<T> {
     /// a use for LRU order: the supervisor recorded the call as it routed it
     /// (a waiter served when a build ends called earlier).
     pub(crate) fn handed_out(&self, now: Instant, view: &ReadView<T>) {
-        let now = view.nanos(now);
+        self.record_hand_out(view.nanos(now));
+    }
+
+    fn record_hand_out(&self, now_nanos: u64) {
         let last = self.last_used.load(Ordering::Relaxed);
-        if now >= last.saturating_add(TOUCH_GRANULARITY_NS) {
-            self.last_used.fetch_max(now, Ordering::Relaxed);
+        if now_nanos >= last.saturating_add(TOUCH_GRANULARITY_NS) {
+            self.last_used.fetch_max(now_nanos, Ordering::Relaxed);
         }
     }
 
