@@ -3,7 +3,7 @@
 use std::fmt;
 use std::ops::Deref;
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::time::Duration;
 
@@ -38,6 +38,12 @@ pub(crate) struct Instance<T: Send + Sync + 'static> {
     /// background rebuild starts, not one per hit; cleared by its key actor
     /// when a failed rebuild's backoff has passed.
     pub(crate) refresh_claimed: AtomicBool,
+    /// The read view's retirement number at which its key's actor (or a
+    /// prefix invalidation) retired it; 0 while it is current. A call
+    /// waiting on another call's answer uses it to tell an instance retired
+    /// before it joined (never to be handed to it) from one retired after
+    /// (see `inflight.rs`).
+    retired_at: AtomicU64,
     disposer: ActorRef<DisposerMsg<T>>,
     pub(crate) metrics: Arc<Metrics>,
 }
@@ -64,6 +70,7 @@ impl<T: Send + Sync + 'static> Instance<T> {
             version,
             probed_at: AtomicU64::new(0),
             refresh_claimed: AtomicBool::new(false),
+            retired_at: AtomicU64::new(0),
             disposer,
             metrics,
         })
@@ -97,6 +104,18 @@ impl<T: Send + Sync + 'static> Instance<T> {
         !self.refresh_claimed.load(Relaxed)
             && now.saturating_duration_since(self.created_at) > after
             && !self.refresh_claimed.swap(true, Relaxed)
+    }
+
+    /// Records that it was retired at the read view's retirement number
+    /// `number` (the first record stands).
+    pub(crate) fn mark_retired(&self, number: u64) {
+        let _ = self.retired_at.compare_exchange(0, number, SeqCst, SeqCst);
+    }
+
+    /// Whether it was retired at or before retirement number `number`.
+    pub(crate) fn retired_by(&self, number: u64) -> bool {
+        let at = self.retired_at.load(SeqCst);
+        at != 0 && at <= number
     }
 
     fn value(&self) -> &T {

@@ -51,6 +51,9 @@
 //!   `stats.rs` and `bus/`.
 //! - `view.rs`: the read view every hit reads without asking an actor (a
 //!   lock-free map of published instances; only actors write it).
+//! - `inflight.rs`: misses in flight, so that a call that misses while
+//!   another call of the same key and hash is asking the actors waits for
+//!   that answer instead of sending a message of its own.
 //! - [`Lease`] (`lease.rs`): shared ownership whose last drop disposes.
 //! - `factory.rs`: how often a request's factory may run (retried, or the
 //!   single attempt of [`Pool::try_get_with`]) and [`InitDiscarded`].
@@ -73,6 +76,7 @@ mod config;
 mod error;
 mod factory;
 mod hash;
+mod inflight;
 mod instance_id;
 mod lease;
 pub mod messages;

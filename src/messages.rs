@@ -198,6 +198,10 @@ pub(crate) struct Request<T: Send + Sync + 'static> {
     pub(crate) span: tracing::Span,
     /// Whether `factory` may run again (see `Attempts`).
     pub(crate) attempts: crate::factory::Attempts,
+    /// The caller already counted itself as a miss: it waited on another
+    /// call's ask first (see `inflight.rs`), so the key actor counts it
+    /// neither as a hit nor as a miss again.
+    pub(crate) counted: bool,
 }
 
 impl<T: Send + Sync + 'static> Request<T> {

@@ -19,6 +19,7 @@ use crate::config::{PoolConfig, RestartPolicy};
 use crate::error::{BoxError, PoolError, SpawnError, panic_message};
 use crate::factory::{Attempts, InitDiscarded};
 use crate::hash::CredentialsHash;
+use crate::inflight::{Answer, InFlight, Role};
 use crate::lease::Lease;
 use crate::messages::{Factory, InsertRequest, Request, SupervisorInternal, SupervisorMsg};
 use crate::stats::{Counters, Metrics, RetireCause, ShutdownReport, Stats};
@@ -203,28 +204,84 @@ impl<T: Send + Sync + 'static> Pool<T> {
         if shared.lifecycle.phase() != Phase::Running {
             return Err(PoolError::ShutDown);
         }
-        // The hit path: the read view, no actor involved.
-        if let Some(lease) = shared.view.hit(key, hash, shared.settings.time_to_idle) {
-            // Counted once served: a call whose probe finds the instance
-            // stale is a miss.
-            match self.hand_out(lease) {
-                HandOut::Serve(lease) => {
-                    shared.metrics.hits.add(1);
-                    return Ok(lease);
-                }
-                HandOut::Probe(lease) => {
-                    if let Some(lease) = self.run_probe(lease).await {
-                        shared.metrics.hits.add(1);
-                        return Ok(lease);
+        // The hit path: the read view, no actor involved. Counted once
+        // served: a call whose probe finds the instance stale is a miss.
+        if let Some(lease) = self.view_lease(key, hash).await {
+            shared.metrics.hits.add(1);
+            return Ok(lease);
+        }
+        // A miss. If another call is asking for this key and hash, wait for
+        // its answer instead of asking too (see `inflight.rs`).
+        let (leader, counted) = match shared.in_flight.join(key, hash, shared.view.fence()) {
+            Role::Lead(leader) => (Some(leader), false),
+            Role::Alone => (None, false),
+            Role::Follow(ask) => {
+                // Counted as it arrives, as the key actor counts a waiter.
+                Metrics::bump(&shared.metrics.misses);
+                // Retirements up to this number happened before this call
+                // joined: their instances must not be handed to it.
+                let joined = shared.view.retirements();
+                let answer = tokio::select! {
+                    biased;
+                    answer = ask.wait() => answer,
+                    () = shared.lifecycle.stopped() => return Err(PoolError::ShutDown),
+                };
+                match answer {
+                    Answer::Served(instance) => {
+                        // Gone (retired, no lease left), retired before this
+                        // call joined, or perhaps fenced by a prefix
+                        // invalidation (see `inflight.rs`): ask, alone.
+                        let fenced = shared.view.fence() != ask.fence;
+                        if let Some(instance) = instance.upgrade().filter(|i| !fenced && !i.retired_by(joined)) {
+                            return Ok(Lease::from_arc(instance));
+                        }
+                        (None, true)
                     }
+                    Answer::Failed(error) => return Err(error.clone()),
+                    Answer::AskYourself => (None, true),
                 }
             }
+        };
+        let answer = self.ask_actors(key, hash, ttl, factory, attempts, counted).await;
+        if let Some(leader) = leader {
+            leader.finish(&answer);
         }
+        answer
+    }
+
+    /// A lease from the read view, if it may serve this call: a hit, with
+    /// the refresh-ahead request and the freshness probe it may bring.
+    async fn view_lease(&self, key: &str, hash: CredentialsHash) -> Option<Lease<T>> {
+        let shared = &self.inner.shared;
+        let lease = shared.view.hit(key, hash, shared.settings.time_to_idle)?;
+        match self.hand_out(lease) {
+            HandOut::Serve(lease) => Some(lease),
+            HandOut::Probe(lease) => self.run_probe(lease).await,
+        }
+    }
+
+    /// Asks the actors for `key`: the supervisor routes the request to the
+    /// key's actor, which serves, builds, or makes it wait for its build.
+    async fn ask_actors<F, Fut, E>(
+        &self,
+        key: &str,
+        hash: CredentialsHash,
+        ttl: Option<Duration>,
+        factory: F,
+        attempts: Attempts,
+        counted: bool,
+    ) -> Result<Lease<T>, PoolError>
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<T, E>> + Send + 'static,
+        E: Into<BoxError>,
+    {
+        let shared = &self.inner.shared;
         let factory: Factory<T> = Arc::new(move || factory().map(|r| r.map_err(Into::into)).boxed());
         // Kept only when a stale probe may need a second round trip: the
         // miss path otherwise hands its only reference to the actors.
         let spare = shared.probe.is_some().then(|| factory.clone());
-        let lease = self.ask(key, hash, ttl, factory, attempts).await??;
+        let lease = self.ask(key, hash, ttl, factory, attempts, counted).await??;
         match self.hand_out(lease) {
             HandOut::Serve(lease) => Ok(lease),
             HandOut::Probe(lease) => match self.run_probe(lease).await {
@@ -235,8 +292,15 @@ impl<T: Send + Sync + 'static> Pool<T> {
                 None => {
                     // A single-attempt future is still unused here: the
                     // first round trip was served an existing instance.
-                    self.ask(key, hash, ttl, spare.expect("kept when a probe is set"), attempts)
-                        .await?
+                    self.ask(
+                        key,
+                        hash,
+                        ttl,
+                        spare.expect("kept when a probe is set"),
+                        attempts,
+                        counted,
+                    )
+                    .await?
                 }
             },
         }
@@ -442,6 +506,7 @@ impl<T: Send + Sync + 'static> Pool<T> {
         ttl: Option<Duration>,
         factory: Factory<T>,
         attempts: Attempts,
+        counted: bool,
     ) -> Result<Result<Lease<T>, PoolError>, PoolError> {
         // Moved into the message, not shared with this task: its last owner
         // is the actor that keeps it, so no reference count is touched from
@@ -459,6 +524,7 @@ impl<T: Send + Sync + 'static> Pool<T> {
                     reply,
                     span: tracing::Span::current(),
                     attempts,
+                    counted,
                 },
             }
             .into()
@@ -1017,6 +1083,7 @@ impl<T: Send + Sync + 'static> PoolBuilder<T> {
             disposer: disposer.clone(),
             lifecycle: Lifecycle::default(),
             view: ReadView::new(),
+            in_flight: InFlight::new(),
             probe: self.probe,
         });
         let args = SupervisorArgs { shared: shared.clone() };

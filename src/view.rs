@@ -199,6 +199,10 @@ pub(crate) struct ReadView<T: Send + Sync + 'static> {
     /// The number of the last prefix invalidation (see `Slot::Fenced`). The
     /// supervisor stamps each request it forwards with it.
     fence: AtomicU64,
+    /// How many entries have been retired from the view: each retirement
+    /// takes the next number and marks its instance with it before the
+    /// entry is flagged (see `Instance::mark_retired`).
+    retirements: AtomicU64,
 }
 
 impl<T: Send + Sync + 'static> ReadView<T> {
@@ -210,6 +214,7 @@ impl<T: Send + Sync + 'static> ReadView<T> {
                 .build(),
             origin: Instant::now(),
             fence: AtomicU64::new(0),
+            retirements: AtomicU64::new(0),
         }
     }
 
@@ -251,7 +256,7 @@ impl<T: Send + Sync + 'static> ReadView<T> {
     /// Flags `entry` retired and removes it, unless another entry has taken
     /// its place meanwhile.
     pub(crate) fn unpublish(&self, key: &str, entry: &Arc<Published<T>>) {
-        entry.retired.store(true, Ordering::SeqCst);
+        self.flag(entry);
         let _ = self
             .map
             .pin()
@@ -264,7 +269,7 @@ impl<T: Send + Sync + 'static> ReadView<T> {
     /// retirement reaches it.
     pub(crate) fn fence_key(&self, key: Arc<str>, number: u64) {
         if let Some(Slot::Live(entry)) = self.map.pin().insert(key, Slot::Fenced(number)) {
-            entry.retired.store(true, Ordering::SeqCst);
+            self.flag(entry);
         }
     }
 
@@ -277,13 +282,28 @@ impl<T: Send + Sync + 'static> ReadView<T> {
             .remove_if(key, |_, v| matches!(v, Slot::Fenced(n) if *n <= number));
     }
 
+    /// Flags `entry` retired, after marking its instance with the next
+    /// retirement number (an instance nobody holds any more needs no mark:
+    /// no lease on it can be handed out).
+    fn flag(&self, entry: &Published<T>) {
+        if let Some(instance) = entry.instance.upgrade() {
+            instance.mark_retired(self.retirements.fetch_add(1, Ordering::SeqCst) + 1);
+        }
+        entry.retired.store(true, Ordering::SeqCst);
+    }
+
+    /// The number of the last retirement from the view.
+    pub(crate) fn retirements(&self) -> u64 {
+        self.retirements.load(Ordering::SeqCst)
+    }
+
     /// Unpublishes `key`'s entry: its key actor is gone and cannot do it
     /// (the supervisor, when a key actor died). The instance went with the
     /// actor's state, which held the pool's reference.
     pub(crate) fn remove_orphan(&self, key: &str) {
         let map = self.map.pin();
         if let Some(Slot::Live(entry)) = map.remove(key) {
-            entry.retired.store(true, Ordering::SeqCst);
+            self.flag(entry);
         }
     }
 
@@ -293,7 +313,7 @@ impl<T: Send + Sync + 'static> ReadView<T> {
         let map = self.map.pin();
         for (_, slot) in map.iter() {
             if let Slot::Live(entry) = slot {
-                entry.retired.store(true, Ordering::SeqCst);
+                self.flag(entry);
             }
         }
         map.clear();

@@ -208,7 +208,9 @@ impl<T: Send + Sync + 'static> KeyState<T> {
             {
                 None => {
                     current.entry.handed_out(now, view);
-                    self.shared.metrics.hits.add(1);
+                    if !request.counted {
+                        self.shared.metrics.hits.add(1);
+                    }
                     request.answer(Ok(Lease::new(&current.instance)));
                     return;
                 }
@@ -224,19 +226,13 @@ impl<T: Send + Sync + 'static> KeyState<T> {
                 }
             }
         }
+        if !request.counted {
+            Metrics::bump(&self.shared.metrics.misses);
+        }
         match self.build.as_mut() {
-            Some(build) if build.hash == request.hash && build.stale.is_none() => {
-                Metrics::bump(&self.shared.metrics.misses);
-                build.waiters.push(request);
-            }
-            Some(_) => {
-                Metrics::bump(&self.shared.metrics.misses);
-                self.queued.push_back(request);
-            }
-            None => {
-                Metrics::bump(&self.shared.metrics.misses);
-                self.start_build(myself, request);
-            }
+            Some(build) if build.hash == request.hash && build.stale.is_none() => build.waiters.push(request),
+            Some(_) => self.queued.push_back(request),
+            None => self.start_build(myself, request),
         }
     }
 

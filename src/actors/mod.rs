@@ -52,6 +52,10 @@ pub(crate) struct Shared<T: Send + Sync + 'static> {
     pub(crate) lifecycle: lifecycle::Lifecycle,
     /// What hits read without asking an actor; written only by actors.
     pub(crate) view: crate::view::ReadView<T>,
+    /// The misses being asked for, which later misses of the same key and
+    /// hash wait on instead of asking too; written by callers, holds no
+    /// instance.
+    pub(crate) in_flight: crate::inflight::InFlight<T>,
     /// The freshness probe, if the pool has one.
     pub(crate) probe: Option<ProbeHook<T>>,
 }

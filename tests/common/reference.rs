@@ -114,6 +114,8 @@ struct Req {
     caller: usize,
     hash: u64,
     build: Build,
+    /// Counted as a miss already (a follower asking itself).
+    counted: bool,
 }
 
 #[derive(Debug)]
@@ -212,6 +214,21 @@ pub struct Counts {
 /// The reference model.
 #[derive(Debug)]
 pub struct Model {
+    /// For each pending caller that waits on another caller's ask instead
+    /// of asking (a miss in flight for the same key and hash; see
+    /// `src/inflight.rs`), that caller.
+    follows: Vec<Option<usize>>,
+    /// Each follower's own factory, for when it has to ask itself.
+    follow_builds: Vec<Option<Build>>,
+    /// The pending callers whose ask later callers of the same key and
+    /// hash follow (those that found no ask in flight for their key), with
+    /// the number of prefix invalidations when they asked.
+    leads: Vec<Option<u64>>,
+    /// Prefix invalidations so far (the read view's fence number).
+    prefix_invalidations: u64,
+    /// Followers whose leader was served while a prefix invalidation ran:
+    /// they ask the actors themselves, already counted as misses.
+    fallbacks: Vec<(usize, &'static str, u64, Build)>,
     pub cfg: Config,
     pub now: Ms,
     /// Resident keys (and keys being retired), in LRU order: least recent first.
@@ -253,6 +270,11 @@ fn cause_name(cause: RetireCause) -> &'static str {
 impl Model {
     pub fn new(cfg: Config, callers: usize) -> Self {
         Model {
+            follows: vec![None; callers],
+            follow_builds: vec![None; callers],
+            leads: vec![None; callers],
+            prefix_invalidations: 0,
+            fallbacks: Vec::new(),
             cfg,
             now: 0,
             lru: Vec::new(),
@@ -354,6 +376,44 @@ impl Model {
 
     fn serve(&mut self, caller: usize, key: &'static str, hash: u64, serial: u64) {
         self.callers[caller] = Caller::Holding { key, hash, serial };
+        let fenced = self
+            .leads
+            .get(caller)
+            .copied()
+            .flatten()
+            .is_some_and(|asked| asked != self.prefix_invalidations);
+        for f in self.followers(caller) {
+            if fenced {
+                let build = self.follow_builds[f].take().expect("a follower keeps its factory");
+                self.fallbacks.push((f, key, hash, build));
+            } else {
+                self.callers[f] = Caller::Holding { key, hash, serial };
+            }
+        }
+    }
+
+    /// Gives `caller` its error, and its followers the same.
+    fn fail(&mut self, caller: usize, kind: ErrKind) {
+        self.callers[caller] = Caller::Failed(kind);
+        for f in self.followers(caller) {
+            self.callers[f] = Caller::Failed(kind);
+        }
+    }
+
+    /// The callers that follow `caller`'s ask, which ends now: they are
+    /// answered with it and no longer follow anyone.
+    fn followers(&mut self, caller: usize) -> Vec<usize> {
+        let Some(leads) = self.leads.get_mut(caller) else {
+            return Vec::new();
+        };
+        *leads = None;
+        let followers: Vec<usize> = (0..self.follows.len())
+            .filter(|f| self.follows[*f] == Some(caller))
+            .collect();
+        for f in &followers {
+            self.follows[*f] = None;
+        }
+        followers
     }
 
     // ---- operations -------------------------------------------------------
@@ -364,8 +424,36 @@ impl Model {
         assert!(!matches!(self.callers[caller], Caller::Pending { .. }));
         self.release(caller);
         self.callers[caller] = Caller::Pending { key, hash };
+        // A call the read view serves never follows. Otherwise: at most one
+        // ask per key is in flight for others to follow.
+        let servable = self
+            .keys
+            .get(key)
+            .and_then(|k| k.current.as_ref())
+            .is_some_and(|cur| self.check(cur, hash).is_none());
+        let leader = (0..self.leads.len()).filter(|_| !servable).find(|c| {
+            self.leads[*c].is_some() && matches!(self.callers[*c], Caller::Pending { key: k, .. } if k == key)
+        });
+        match leader {
+            Some(leader) if self.callers[leader] == (Caller::Pending { key, hash }) => {
+                self.follows[caller] = Some(leader);
+                self.follow_builds[caller] = Some(build);
+                self.counts.misses += 1;
+                return;
+            }
+            Some(_) => {}
+            None => self.leads[caller] = Some(self.prefix_invalidations),
+        }
         self.route(key);
-        self.request(key, Req { caller, hash, build });
+        self.request(
+            key,
+            Req {
+                caller,
+                hash,
+                build,
+                counted: false,
+            },
+        );
         self.report(key);
         self.run_due(serials);
     }
@@ -513,6 +601,7 @@ impl Model {
                         caller: usize::MAX,
                         hash,
                         build,
+                        counted: false,
                     },
                 );
                 let b = self.keys.get_mut(key).unwrap().build.as_mut().unwrap();
@@ -579,6 +668,7 @@ impl Model {
 
     /// Returns what `invalidate_by_prefix` returns.
     pub fn invalidate_by_prefix(&mut self, serials: &impl Serials, prefix: &str) -> usize {
+        self.prefix_invalidations += 1;
         let mut matched: Vec<&'static str> = self.keys.keys().copied().filter(|k| k.starts_with(prefix)).collect();
         matched.sort_unstable();
         for key in &matched {
@@ -828,7 +918,9 @@ impl Model {
                     c.claimed = true;
                     self.due_refresh.push((key, serial));
                 }
-                self.counts.hits += 1;
+                if !req.counted {
+                    self.counts.hits += 1;
+                }
                 self.serve(req.caller, key, req.hash, serial);
                 return;
             }
@@ -841,7 +933,9 @@ impl Model {
             }
             None => {}
         }
-        self.counts.misses += 1;
+        if !req.counted {
+            self.counts.misses += 1;
+        }
         let k = self.keys.get_mut(key).unwrap();
         match k.build.as_mut() {
             Some(b) if b.hash == req.hash && b.stale.is_none() => b.waiters.push(req),
@@ -885,7 +979,23 @@ impl Model {
             due.sort_unstable();
             let Some(&key) = due.first() else {
                 self.ask_due_refreshes(serials);
-                return;
+                if self.fallbacks.is_empty() {
+                    return;
+                }
+                for (caller, key, hash, build) in std::mem::take(&mut self.fallbacks) {
+                    self.route(key);
+                    self.request(
+                        key,
+                        Req {
+                            caller,
+                            hash,
+                            build,
+                            counted: true,
+                        },
+                    );
+                    self.report(key);
+                }
+                continue;
             };
             self.build_done(serials, key);
             self.report(key);
@@ -964,7 +1074,7 @@ impl Model {
                         _ => unreachable!(),
                     };
                     for w in &b.waiters {
-                        self.callers[w.caller] = Caller::Failed(kind);
+                        self.fail(w.caller, kind);
                     }
                 }
             }
