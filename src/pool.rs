@@ -242,6 +242,7 @@ impl<T: Send + Sync + 'static> Pool<T> {
                 }
             }
         };
+        let factory: Factory<T> = Arc::new(move || factory().map(|r| r.map_err(Into::into)).boxed());
         let answer = self.ask_actors(key, hash, ttl, factory, attempts, counted).await;
         if let Some(leader) = leader {
             leader.finish(&answer);
@@ -262,22 +263,16 @@ impl<T: Send + Sync + 'static> Pool<T> {
 
     /// Asks the actors for `key`: the supervisor routes the request to the
     /// key's actor, which serves, builds, or makes it wait for its build.
-    async fn ask_actors<F, Fut, E>(
+    async fn ask_actors(
         &self,
         key: &str,
         hash: CredentialsHash,
         ttl: Option<Duration>,
-        factory: F,
+        factory: Factory<T>,
         attempts: Attempts,
         counted: bool,
-    ) -> Result<Lease<T>, PoolError>
-    where
-        F: Fn() -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<T, E>> + Send + 'static,
-        E: Into<BoxError>,
-    {
+    ) -> Result<Lease<T>, PoolError> {
         let shared = &self.inner.shared;
-        let factory: Factory<T> = Arc::new(move || factory().map(|r| r.map_err(Into::into)).boxed());
         // Kept only when a stale probe may need a second round trip: the
         // miss path otherwise hands its only reference to the actors.
         let spare = shared.probe.is_some().then(|| factory.clone());

@@ -95,11 +95,12 @@ async fn followers_of_a_cancelled_leader_are_served_by_its_build() {
     assert_eq!(c.disposed(), 1);
 }
 
-/// A prefix invalidation while a follower waits (of another tenant here:
-/// the follower cannot tell) sends it to the actors itself when the leader
-/// is served; the key actor serves it the same instance, counted once.
+/// A prefix invalidation of another tenant while a follower waits: the
+/// follower cannot tell it from one of its own, so it asks the actors
+/// itself, and is still served the one build, counted once (its detour is
+/// not visible from outside; the reference model checks that it is taken).
 #[tokio::test(start_paused = true)]
-async fn a_prefix_invalidation_while_waiting_sends_followers_to_the_actors() {
+async fn a_follower_waiting_through_another_tenants_prefix_invalidation_gets_the_one_build() {
     let c = Counters::new();
     let pool = builder(&c).spawn().await.unwrap();
     let leader = spawn_get(&pool, &c, "t:a", 1, SEC);

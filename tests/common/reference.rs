@@ -382,7 +382,17 @@ impl Model {
             .copied()
             .flatten()
             .is_some_and(|asked| asked != self.prefix_invalidations);
-        for f in self.followers(caller) {
+        let followers = self.followers(caller);
+        if fenced && !followers.is_empty() && self.ambiguous.is_none() {
+            // Each such follower asks the actors when its task next runs:
+            // before or after the key actor's report of this turn reaches
+            // the supervisor, as the runtime interleaves them, which
+            // decides admissions and so counts and retirements.
+            self.ambiguous = Some(format!(
+                "followers of a `{key}` ask sent back after a prefix invalidation"
+            ));
+        }
+        for f in followers {
             if fenced {
                 let build = self.follow_builds[f].take().expect("a follower keeps its factory");
                 self.fallbacks.push((f, key, hash, build));
