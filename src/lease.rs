@@ -13,6 +13,7 @@ use tokio::time::Instant;
 use crate::actors::disposer::DisposerMsg;
 pub use crate::instance_id::InstanceId;
 use crate::stats::Metrics;
+use crate::view::Published;
 
 /// One built instance and what is needed to dispose of it.
 ///
@@ -21,7 +22,21 @@ use crate::stats::Metrics;
 /// lease left, in whichever order) runs `Drop`, which hands the value to the
 /// disposer: so disposal happens exactly once, never while leased, and no
 /// caller can forget to "release" anything.
+///
+/// `repr(C)` keeps the fields a hit reads first, right after the reference
+/// counts that its `Weak` upgrade writes: mostly one cache line.
+#[repr(C)]
 pub(crate) struct Instance<T: Send + Sync + 'static> {
+    /// What a hit through the read view checks and records.
+    pub(crate) published: Published,
+    /// The read view's retirement number at which its key's actor (or a
+    /// prefix invalidation) retired it; 0 while it is current. Set before
+    /// it leaves the view, and read by a hit after it takes its lease (see
+    /// `view.rs`). A call waiting on another call's answer uses the number
+    /// to tell an instance retired before it joined (never to be handed to
+    /// it) from one retired after (see `inflight.rs`).
+    retired_at: AtomicU64,
+    pub(crate) metrics: Arc<Metrics>,
     /// `Some` until `Drop` moves the value out to the disposer.
     value: Option<T>,
     pub(crate) id: InstanceId,
@@ -38,14 +53,7 @@ pub(crate) struct Instance<T: Send + Sync + 'static> {
     /// background rebuild starts, not one per hit; cleared by its key actor
     /// when a failed rebuild's backoff has passed.
     pub(crate) refresh_claimed: AtomicBool,
-    /// The read view's retirement number at which its key's actor (or a
-    /// prefix invalidation) retired it; 0 while it is current. A call
-    /// waiting on another call's answer uses it to tell an instance retired
-    /// before it joined (never to be handed to it) from one retired after
-    /// (see `inflight.rs`).
-    retired_at: AtomicU64,
     disposer: ActorRef<DisposerMsg<T>>,
-    pub(crate) metrics: Arc<Metrics>,
 }
 
 impl<T: Send + Sync + 'static> Instance<T> {
@@ -63,6 +71,9 @@ impl<T: Send + Sync + 'static> Instance<T> {
         // dropped by `Drop` below, so the send error needs no handling.
         let _ = disposer.send_message(DisposerMsg::Track { id, key: key.clone() });
         Arc::new(Instance {
+            published: Published::unstamped(),
+            retired_at: AtomicU64::new(0),
+            metrics,
             value: Some(value),
             id,
             key,
@@ -70,9 +81,7 @@ impl<T: Send + Sync + 'static> Instance<T> {
             version,
             probed_at: AtomicU64::new(0),
             refresh_claimed: AtomicBool::new(false),
-            retired_at: AtomicU64::new(0),
             disposer,
-            metrics,
         })
     }
 
@@ -110,6 +119,11 @@ impl<T: Send + Sync + 'static> Instance<T> {
     /// `number` (the first record stands).
     pub(crate) fn mark_retired(&self, number: u64) {
         let _ = self.retired_at.compare_exchange(0, number, SeqCst, SeqCst);
+    }
+
+    /// Whether it was retired from the read view.
+    pub(crate) fn is_retired(&self) -> bool {
+        self.retired_at.load(SeqCst) != 0
     }
 
     /// Whether it was retired at or before retirement number `number`.

@@ -1,12 +1,13 @@
 //! The read view: the instances callers may be served without asking any
 //! actor.
 //!
-//! A lock-free map (papaya) from key to an immutable [`Published`] entry.
+//! A lock-free map (papaya) from key to a weak reference to the key's
+//! instance; what a hit checks ([`Published`]) lives in the instance.
 //! Only actors write it, each in its own mailbox: a key actor publishes its
 //! instance once built (or inserted) and unpublishes it before it
 //! acknowledges any retirement; the supervisor unpublishes the entries a
 //! prefix invalidation names before it answers. Callers only read: a hit is
-//! a map lookup, the hit rule, an `Arc` clone into a [`Lease`] and a coarse
+//! a map lookup, a `Weak` upgrade into a [`Lease`], the hit rule and a coarse
 //! timestamp write, with no message, no allocation and no lock.
 //!
 //! Unpublishing is "flag, then remove": a reader that found the entry just
@@ -23,37 +24,34 @@
 //! the two actors interleave. The key actor clears the fence when the
 //! retirement reaches it.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use crate::hash::CredentialsHash;
-use crate::lease::{Instance, InstanceId, Lease};
-use crate::restart::Deadline;
+use crate::lease::{Instance, Lease};
 use crate::stats::RetireCause;
 
-/// A key's instance as the read view holds it.
-pub(crate) struct Published<T: Send + Sync + 'static> {
-    /// The instance. Weak: the map frees a removed entry only once no
-    /// reader can hold it (papaya's epoch-based reclamation, which may wait
-    /// for more removals to batch them), and disposal must not wait for
-    /// that. The key actor holds the pool's strong reference; as it retires
-    /// the instance it drops that reference, so the instance is disposed at
-    /// once or at its last lease, and a reader that still finds this entry
-    /// can no longer upgrade it. (An `ArcSwapOption` the key actor emptied
-    /// did the same at three atomic operations per hit instead of one.)
-    instance: Weak<Instance<T>>,
-    /// The instance's id.
-    pub(crate) id: InstanceId,
-    /// The credentials hash it was built for.
-    pub(crate) hash: CredentialsHash,
-    /// Its TTL deadline; `None` never expires by age.
-    pub(crate) expires_at: Option<Instant>,
-    /// Last hand-out, in nanoseconds since the view's origin. Written at most
-    /// once per millisecond per entry, so that hits on one hot key from many
-    /// cores do not fight over its cache line.
+/// What a hit checks and records on an instance, kept in the instance's
+/// own allocation (`Instance::published`), right after its reference counts:
+/// a hit upgrades the map's `Weak` and reads these in the cache line the
+/// upgrade has just brought in. (A separate entry behind its own pointer
+/// cost a hit one more dependent cache miss.)
+///
+/// Written once by the key actor before it publishes the instance (hash and
+/// TTL deadline, see [`stamp`](Self::stamp)), and then only the use times,
+/// by hits and by the key actor. Times are nanoseconds since the view's
+/// origin.
+pub(crate) struct Published {
+    /// The credentials hash the instance was built for.
+    hash: AtomicU64,
+    /// Its TTL deadline; `NEVER` does not expire by age.
+    expires_at: AtomicU64,
+    /// Last hand-out. Written at most once per millisecond per instance, so
+    /// that hits on one hot key from many cores do not fight over its
+    /// cache line.
     last_used: AtomicU64,
     /// Last hit through the read view since the supervisor last looked
     /// (`ReadView::take_use`, which resets it to 0 = none), in the units
@@ -62,64 +60,66 @@ pub(crate) struct Published<T: Send + Sync + 'static> {
     /// when a build ends called earlier, and its hand-out (which does count
     /// for idle time) must not make the key look more recently used.
     touched_at: AtomicU64,
-    /// Set before the entry leaves the map (see the module docs).
-    retired: AtomicBool,
 }
 
 /// Hand-outs within this long of the recorded last use do not write it.
 const TOUCH_GRANULARITY_NS: u64 = 1_000_000;
 
-impl<T: Send + Sync + 'static> Published<T> {
-    pub(crate) fn new(
-        instance: &Arc<Instance<T>>,
+/// A deadline past the end of the view's clock.
+const NEVER: u64 = u64::MAX;
+
+impl Published {
+    /// Not yet stamped. No hit reads it before the key actor stamps it:
+    /// the instance is not in the view before then.
+    pub(crate) fn unstamped() -> Self {
+        Published {
+            hash: AtomicU64::new(0),
+            expires_at: AtomicU64::new(NEVER),
+            last_used: AtomicU64::new(0),
+            touched_at: AtomicU64::new(0),
+        }
+    }
+
+    /// Records what the instance serves and until when, and `now` as its
+    /// last hand-out (the key actor, before it publishes it; the map's
+    /// insert then makes these visible to every reader that finds it).
+    pub(crate) fn stamp<T: Send + Sync + 'static>(
+        &self,
         hash: CredentialsHash,
         expires_at: Option<Instant>,
         now: Instant,
         view: &ReadView<T>,
-    ) -> Arc<Self> {
-        Arc::new(Published {
-            id: instance.id,
-            instance: Arc::downgrade(instance),
-            hash,
-            expires_at,
-            last_used: AtomicU64::new(view.nanos(now)),
-            touched_at: AtomicU64::new(0),
-            retired: AtomicBool::new(false),
-        })
+    ) {
+        self.hash.store(hash.as_u64(), Ordering::Relaxed);
+        self.expires_at
+            .store(expires_at.map_or(NEVER, |at| view.nanos(at)), Ordering::Relaxed);
+        self.last_used.store(view.nanos(now), Ordering::Relaxed);
     }
 
     /// The hit rule: why this instance may not be handed to a caller
-    /// presenting `hash` at `now`, if it may not. TTL (absolute, from
-    /// creation), then idle time (since the last hand-out), then the
-    /// credentials hash. At the very deadline it is still served.
-    pub(crate) fn refusal(
-        &self,
-        hash: CredentialsHash,
-        now: Instant,
-        idle: Option<Duration>,
-        view: &ReadView<T>,
-    ) -> Option<RetireCause> {
-        if self.expires_at.is_some_and(|at| now > at) {
+    /// presenting `hash` at `now` (nanoseconds since the view's origin), if
+    /// it may not. TTL (absolute, from creation), then idle time (since the
+    /// last hand-out), then the credentials hash. At the very deadline it
+    /// is still served.
+    pub(crate) fn refusal(&self, hash: CredentialsHash, now: u64, idle: Option<Duration>) -> Option<RetireCause> {
+        if now > self.expires_at.load(Ordering::Relaxed) {
             Some(RetireCause::Ttl)
-        } else if idle.is_some_and(|idle| Deadline::after(self.last_used_at(view), idle).has_passed(now)) {
+        } else if idle.is_some_and(|idle| {
+            // Past the end of the clock (an extreme idle limit): never.
+            let idle = u64::try_from(idle.as_nanos()).unwrap_or(NEVER);
+            now > self.last_used_nanos().checked_add(idle).unwrap_or(NEVER)
+        }) {
             Some(RetireCause::Idle)
-        } else if self.hash != hash {
+        } else if self.hash.load(Ordering::Relaxed) != hash.as_u64() {
             Some(RetireCause::Credentials)
         } else {
             None
         }
     }
 
-    /// A lease on the instance, unless its key actor has let it go and no
-    /// lease is left (then it is being disposed).
-    fn lease(&self) -> Option<Lease<T>> {
-        self.instance.upgrade().map(Lease::from_arc)
-    }
-
     /// Records a hit through the read view at `now` (coarsely: see
     /// `last_used`): a use of the key the supervisor has not seen.
-    fn touch(&self, now: Instant, view: &ReadView<T>) {
-        let now = view.nanos(now);
+    fn touch(&self, now: u64) {
         self.record_hand_out(now);
         // At least 1: zero means "not touched".
         let now = now.max(1);
@@ -134,8 +134,8 @@ impl<T: Send + Sync + 'static> Published<T> {
     /// Records a hand-out by the key actor at `now`, for the idle time. Not
     /// a use for LRU order: the supervisor recorded the call as it routed it
     /// (a waiter served when a build ends called earlier).
-    pub(crate) fn handed_out(&self, now: Instant, view: &ReadView<T>) {
-        self.record_hand_out(view.nanos(now));
+    pub(crate) fn handed_out(&self, now: u64) {
+        self.record_hand_out(now);
     }
 
     fn record_hand_out(&self, now_nanos: u64) {
@@ -145,10 +145,10 @@ impl<T: Send + Sync + 'static> Published<T> {
         }
     }
 
-    /// Takes over the uses recorded on `old`, the entry this one replaces
-    /// (a refresh): a hit on the old instance that the supervisor has not
-    /// seen yet is still a use of the key.
-    pub(crate) fn inherit_use(&self, old: &Published<T>) {
+    /// Takes over the uses recorded on `old`, the instance this one
+    /// replaces (a refresh): a hit on the old instance that the supervisor
+    /// has not seen yet is still a use of the key.
+    pub(crate) fn inherit_use(&self, old: &Published) {
         self.last_used.fetch_max(old.last_used_nanos(), Ordering::Relaxed);
         self.touched_at
             .fetch_max(old.touched_at.load(Ordering::Relaxed), Ordering::Relaxed);
@@ -158,16 +158,18 @@ impl<T: Send + Sync + 'static> Published<T> {
     pub(crate) fn last_used_nanos(&self) -> u64 {
         self.last_used.load(Ordering::Relaxed)
     }
-
-    fn last_used_at(&self, view: &ReadView<T>) -> Instant {
-        view.origin + Duration::from_nanos(self.last_used_nanos())
-    }
 }
 
 /// What the map holds for a key.
 enum Slot<T: Send + Sync + 'static> {
-    /// An instance that may be served.
-    Live(Arc<Published<T>>),
+    /// An instance that may be served. Weak: the map frees a removed slot
+    /// only once no reader can hold it (papaya's epoch-based reclamation,
+    /// which may wait for more removals to batch them), and disposal must
+    /// not wait for that. The key actor holds the pool's strong reference;
+    /// as it retires the instance it drops that reference, so the instance
+    /// is disposed at once or at its last lease, and a reader that still
+    /// finds this slot can no longer upgrade it.
+    Live(Weak<Instance<T>>),
     /// Invalidated by prefix invalidation number `.0`, whose retirement has
     /// not reached the key actor yet: nothing may be served, and nothing
     /// built for an earlier request may be published.
@@ -175,7 +177,7 @@ enum Slot<T: Send + Sync + 'static> {
 }
 
 impl<T: Send + Sync + 'static> Slot<T> {
-    fn live(&self) -> Option<&Arc<Published<T>>> {
+    fn live(&self) -> Option<&Weak<Instance<T>>> {
         match self {
             Slot::Live(entry) => Some(entry),
             Slot::Fenced(_) => None,
@@ -218,7 +220,7 @@ impl<T: Send + Sync + 'static> ReadView<T> {
         }
     }
 
-    fn nanos(&self, at: Instant) -> u64 {
+    pub(crate) fn nanos(&self, at: Instant) -> u64 {
         u64::try_from(at.saturating_duration_since(self.origin).as_nanos()).unwrap_or(u64::MAX)
     }
 
@@ -226,41 +228,41 @@ impl<T: Send + Sync + 'static> ReadView<T> {
     /// caller presenting `hash` now; `None` sends the caller to the actors.
     pub(crate) fn hit(&self, key: &str, hash: CredentialsHash, idle: Option<Duration>) -> Option<Lease<T>> {
         let map = self.map.pin();
-        let entry = map.get(key)?.live()?;
-        let now = Instant::now();
-        if entry.refusal(hash, now, idle, self).is_some() {
+        // The lease is taken first: the checks below then read the line the
+        // upgrade brought in. One that fails drops it again; if the key
+        // actor let go of the instance meanwhile, that disposes it.
+        let instance = map.get(key)?.live()?.upgrade()?;
+        let now = self.nanos(Instant::now());
+        // Checked after taking the lease: a retirement that flagged the
+        // instance before this point is seen here (see the module docs).
+        if instance.published.refusal(hash, now, idle).is_some() || instance.is_retired() {
             return None;
         }
-        let lease = entry.lease()?;
-        // Re-checked after taking the lease: a retirement that flagged the
-        // entry before this point is seen here (see the module docs).
-        if entry.retired.load(Ordering::SeqCst) {
-            return None;
-        }
-        entry.touch(now, self);
-        Some(lease)
+        instance.published.touch(now);
+        Some(Lease::from_arc(instance))
     }
 
-    /// Makes `entry` the key's published instance, unless a prefix
+    /// Makes `instance` the key's published instance, unless a prefix
     /// invalidation newer than `fence` (the number the supervisor stamped on
     /// the request it was built for) fenced the key. Returns whether it did.
-    pub(crate) fn publish(&self, key: Arc<str>, entry: &Arc<Published<T>>, fence: u64) -> bool {
+    /// The key actor stamps the instance first (`Published::stamp`).
+    pub(crate) fn publish(&self, key: Arc<str>, instance: &Arc<Instance<T>>, fence: u64) -> bool {
         let map = self.map.pin();
         let outcome = map.compute(key, |existing| match existing {
             Some((_, Slot::Fenced(number))) if *number > fence => papaya::Operation::Abort(()),
-            _ => papaya::Operation::Insert(Slot::Live(entry.clone())),
+            _ => papaya::Operation::Insert(Slot::Live(Arc::downgrade(instance))),
         });
         !matches!(outcome, papaya::Compute::Aborted(()))
     }
 
-    /// Flags `entry` retired and removes it, unless another entry has taken
-    /// its place meanwhile.
-    pub(crate) fn unpublish(&self, key: &str, entry: &Arc<Published<T>>) {
-        self.flag(entry);
-        let _ = self
-            .map
-            .pin()
-            .remove_if(key, |_, v| v.live().is_some_and(|v| Arc::ptr_eq(v, entry)));
+    /// Flags `instance` retired and removes it, unless another instance has
+    /// taken its place meanwhile.
+    pub(crate) fn unpublish(&self, key: &str, instance: &Arc<Instance<T>>) {
+        self.flag(instance);
+        let _ = self.map.pin().remove_if(key, |_, v| {
+            v.live()
+                .is_some_and(|v| std::ptr::eq(v.as_ptr(), Arc::as_ptr(instance)))
+        });
     }
 
     /// Fences `key` for prefix invalidation number `number` (the
@@ -268,8 +270,10 @@ impl<T: Send + Sync + 'static> ReadView<T> {
     /// replaced. The instance stays with its key actor until the
     /// retirement reaches it.
     pub(crate) fn fence_key(&self, key: Arc<str>, number: u64) {
-        if let Some(Slot::Live(entry)) = self.map.pin().insert(key, Slot::Fenced(number)) {
-            self.flag(entry);
+        if let Some(Slot::Live(instance)) = self.map.pin().insert(key, Slot::Fenced(number))
+            && let Some(instance) = instance.upgrade()
+        {
+            self.flag(&instance);
         }
     }
 
@@ -282,14 +286,11 @@ impl<T: Send + Sync + 'static> ReadView<T> {
             .remove_if(key, |_, v| matches!(v, Slot::Fenced(n) if *n <= number));
     }
 
-    /// Flags `entry` retired, after marking its instance with the next
-    /// retirement number (an instance nobody holds any more needs no mark:
-    /// no lease on it can be handed out).
-    fn flag(&self, entry: &Published<T>) {
-        if let Some(instance) = entry.instance.upgrade() {
-            instance.mark_retired(self.retirements.fetch_add(1, Ordering::SeqCst) + 1);
-        }
-        entry.retired.store(true, Ordering::SeqCst);
+    /// Flags `instance` retired by marking it with the next retirement
+    /// number. (An instance that nobody holds any more, and that a reader
+    /// can therefore no longer upgrade, needs no flag.)
+    fn flag(&self, instance: &Instance<T>) {
+        instance.mark_retired(self.retirements.fetch_add(1, Ordering::SeqCst) + 1);
     }
 
     /// The number of the last retirement from the view.
@@ -302,8 +303,10 @@ impl<T: Send + Sync + 'static> ReadView<T> {
     /// actor's state, which held the pool's reference.
     pub(crate) fn remove_orphan(&self, key: &str) {
         let map = self.map.pin();
-        if let Some(Slot::Live(entry)) = map.remove(key) {
-            self.flag(entry);
+        if let Some(Slot::Live(instance)) = map.remove(key)
+            && let Some(instance) = instance.upgrade()
+        {
+            self.flag(&instance);
         }
     }
 
@@ -312,8 +315,8 @@ impl<T: Send + Sync + 'static> ReadView<T> {
     pub(crate) fn clear(&self) {
         let map = self.map.pin();
         for (_, slot) in map.iter() {
-            if let Slot::Live(entry) = slot {
-                self.flag(entry);
+            if let Some(instance) = slot.live().and_then(Weak::upgrade) {
+                self.flag(&instance);
             }
         }
         map.clear();
@@ -327,7 +330,8 @@ impl<T: Send + Sync + 'static> ReadView<T> {
             .pin()
             .get(key)
             .and_then(Slot::live)
-            .map(|e| e.touched_at.swap(0, Ordering::Relaxed))
+            .and_then(Weak::upgrade)
+            .map(|instance| instance.published.touched_at.swap(0, Ordering::Relaxed))
             .filter(|at| *at != 0)
     }
 

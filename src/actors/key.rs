@@ -23,7 +23,6 @@ use crate::messages::{
 use crate::restart::{Deadline, RestartState, Verdict};
 use crate::stats::{Metrics, RetireCause};
 use crate::telemetry::Timer;
-use crate::view::Published;
 
 /// One actor per resident key. Its mailbox serialises everything about the
 /// key: hit checks, starting builds, collecting waiters, retiring. The
@@ -46,17 +45,20 @@ pub(crate) struct KeyArgs<T: Send + Sync + 'static> {
     pub(crate) restart: RestartState,
 }
 
-/// The instance being served: the entry the read view has (or will have,
-/// see `published`), so that hits through the view and through this actor
-/// share one last-use time.
+/// The instance being served: the one the read view has (or will have, see
+/// `published`), so that hits through the view and through this actor
+/// share one last-use time (`Instance::published`).
 struct Current<T: Send + Sync + 'static> {
     /// The pool's reference to the instance (the read view holds a weak
     /// one): dropped as the instance is retired, so that it is disposed
     /// then, or at its last lease.
     instance: Arc<Instance<T>>,
-    entry: Arc<Published<T>>,
-    /// Whether `entry` is in the read view; false while a publish waits for
-    /// the supervisor (see `ReadView::fence`).
+    /// The credentials hash it was built for.
+    hash: CredentialsHash,
+    /// Its TTL deadline; `None` never expires by age.
+    expires_at: Option<Instant>,
+    /// Whether it is in the read view; false while a publish waits for the
+    /// supervisor (see `ReadView::fence`).
     published: bool,
     /// The factory that built it, for refreshes; `None` for an inserted
     /// instance, which the pool cannot rebuild. Never another request's
@@ -203,11 +205,12 @@ impl<T: Send + Sync + 'static> KeyState<T> {
         if let Some(current) = self.current.as_ref() {
             let view = &self.shared.view;
             match current
-                .entry
-                .refusal(request.hash, now, self.shared.settings.time_to_idle, view)
+                .instance
+                .published
+                .refusal(request.hash, view.nanos(now), self.shared.settings.time_to_idle)
             {
                 None => {
-                    current.entry.handed_out(now, view);
+                    current.instance.published.handed_out(view.nanos(now));
                     if !request.counted {
                         self.shared.metrics.hits.add(1);
                     }
@@ -367,7 +370,7 @@ impl<T: Send + Sync + 'static> KeyState<T> {
                     waiter.answer(Ok(Lease::new(&instance)));
                 }
                 let replaced = match (&build.refresh, &self.current) {
-                    (Some(refresh), Some(current)) if current.entry.id == refresh.replaces => self.current.take(),
+                    (Some(refresh), Some(current)) if current.instance.id == refresh.replaces => self.current.take(),
                     _ => None,
                 };
                 self.version = instance.version;
@@ -380,7 +383,7 @@ impl<T: Send + Sync + 'static> KeyState<T> {
                 self.set_current(instance, build.hash, expires_at, build.fence, factory, build.ttl);
                 if let Some(old) = replaced {
                     if let Some(new) = self.current.as_ref() {
-                        new.entry.inherit_use(&old.entry);
+                        new.instance.published.inherit_use(&old.instance.published);
                     }
                     self.retire_entry(old, RetireCause::Refreshed);
                     Metrics::bump(&self.metrics().refreshes);
@@ -499,15 +502,12 @@ impl<T: Send + Sync + 'static> KeyState<T> {
         let Some(current) = self.current.as_ref() else {
             return answer(reply, Ok(false));
         };
-        let entry = &current.entry;
-        if target.is_some_and(|id| id != entry.id)
-            || entry
-                .refusal(
-                    entry.hash,
-                    Instant::now(),
-                    self.shared.settings.time_to_idle,
-                    &self.shared.view,
-                )
+        let view = &self.shared.view;
+        if target.is_some_and(|id| id != current.instance.id)
+            || current
+                .instance
+                .published
+                .refusal(current.hash, view.now_nanos(), self.shared.settings.time_to_idle)
                 .is_some()
         {
             return answer(reply, Ok(false));
@@ -516,7 +516,7 @@ impl<T: Send + Sync + 'static> KeyState<T> {
         let Some(factory) = current.factory.clone().filter(|_| version >= self.version) else {
             return answer(reply, Ok(false));
         };
-        let (hash, replaces, ttl, fence) = (entry.hash, entry.id, current.ttl, current.fence);
+        let (hash, replaces, ttl, fence) = (current.hash, current.instance.id, current.ttl, current.fence);
         match self.build.as_mut() {
             Some(build) if build.stale.is_none() && build.version >= version => match build.refresh.as_mut() {
                 Some(refresh) => refresh.callers.extend(reply),
@@ -562,7 +562,7 @@ impl<T: Send + Sync + 'static> KeyState<T> {
     /// instance due may ask for another.
     fn rearm(&self, instance: InstanceId) {
         if let Some(current) = self.current.as_ref()
-            && current.entry.id == instance
+            && current.instance.id == instance
         {
             current
                 .instance
@@ -656,7 +656,7 @@ impl<T: Send + Sync + 'static> KeyState<T> {
         if let Some(current) = self.current.as_ref() {
             let same = match target {
                 RetireTarget::Everything => true,
-                RetireTarget::Instance(id) => id == current.entry.id,
+                RetireTarget::Instance(id) => id == current.instance.id,
                 RetireTarget::Nothing => false,
             };
             // The supervisor judged expiry from a view that may lag; the
@@ -665,8 +665,9 @@ impl<T: Send + Sync + 'static> KeyState<T> {
                 RetireCause::Ttl | RetireCause::Idle => {
                     let idle = self.shared.settings.time_to_idle;
                     current
-                        .entry
-                        .refusal(current.entry.hash, now, idle, &self.shared.view)
+                        .instance
+                        .published
+                        .refusal(current.hash, self.shared.view.nanos(now), idle)
                         .is_some()
                 }
                 _ => true,
@@ -700,11 +701,14 @@ impl<T: Send + Sync + 'static> KeyState<T> {
         factory: Option<Factory<T>>,
         ttl: Option<Duration>,
     ) {
-        let entry = Published::new(&instance, hash, expires_at, Instant::now(), &self.shared.view);
-        let published = !self.shutting_down() && self.shared.view.publish(self.key.clone(), &entry, fence);
+        instance
+            .published
+            .stamp(hash, expires_at, Instant::now(), &self.shared.view);
+        let published = !self.shutting_down() && self.shared.view.publish(self.key.clone(), &instance, fence);
         self.current = Some(Current {
             instance,
-            entry,
+            hash,
+            expires_at,
             published,
             factory,
             ttl,
@@ -718,10 +722,10 @@ impl<T: Send + Sync + 'static> KeyState<T> {
         let shutting_down = self.shutting_down();
         if let Some(current) = self.current.as_mut()
             && !current.published
-            && current.entry.id == instance
+            && current.instance.id == instance
             && !shutting_down
         {
-            current.published = self.shared.view.publish(self.key.clone(), &current.entry, fence);
+            current.published = self.shared.view.publish(self.key.clone(), &current.instance, fence);
             if current.published {
                 current.fence = fence;
             } else {
@@ -744,7 +748,10 @@ impl<T: Send + Sync + 'static> KeyState<T> {
             if !keep_refresh
                 && let Some(build) = self.build.as_mut()
                 && build.is_background()
-                && build.refresh.as_ref().is_some_and(|r| r.replaces == current.entry.id)
+                && build
+                    .refresh
+                    .as_ref()
+                    .is_some_and(|r| r.replaces == current.instance.id)
             {
                 build.stale.get_or_insert(cause);
             }
@@ -753,9 +760,10 @@ impl<T: Send + Sync + 'static> KeyState<T> {
     }
 
     fn retire_entry(&mut self, current: Current<T>, cause: RetireCause) {
-        let _span = crate::trace::retire_span(&self.key, current.entry.id, cause).entered();
+        let id = current.instance.id;
+        let _span = crate::trace::retire_span(&self.key, id, cause).entered();
         // Out of the read view before anything acknowledges the retirement.
-        self.shared.view.unpublish(&self.key, &current.entry);
+        self.shared.view.unpublish(&self.key, &current.instance);
         // The pool's reference goes now: disposal follows at once, or at
         // the last lease.
         drop(current.instance);
@@ -763,7 +771,7 @@ impl<T: Send + Sync + 'static> KeyState<T> {
         if cause == RetireCause::Shutdown {
             self.retired_by_shutdown += 1;
         }
-        tracing::debug!(key = %self.key, instance = %current.entry.id, cause = cause.as_str(), "retired");
+        tracing::debug!(key = %self.key, instance = %id, cause = cause.as_str(), "retired");
     }
 
     fn begin_shutdown(&mut self, reply: RpcReplyPort<u64>) {
@@ -815,7 +823,7 @@ impl<T: Send + Sync + 'static> KeyState<T> {
         // (which drops the rebuild). Any other build keeps the key busy.
         let refreshing = self.build.as_ref().is_none_or(|b| b.refresh.is_some());
         let now_state = if let Some(current) = self.current.as_ref().filter(|_| refreshing) {
-            Reported::Ready(current.entry.id, current.published)
+            Reported::Ready(current.instance.id, current.published)
         } else if let Some(build) = self.build.as_ref() {
             Reported::Building(!(build.is_background() && build.stale.is_some()))
         } else {
@@ -831,7 +839,7 @@ impl<T: Send + Sync + 'static> KeyState<T> {
                 let current = self.current.as_ref().expect("ready has a current instance");
                 KeyReport::Ready {
                     instance,
-                    expires_at: current.entry.expires_at,
+                    expires_at: current.expires_at,
                     probe: Arc::downgrade(&current.instance),
                     published,
                 }
