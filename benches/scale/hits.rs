@@ -91,31 +91,46 @@ impl Targets {
     }
 }
 
-/// `callers` tasks doing `per_caller` hits each; returns (wall time, per-op latencies in ns).
-async fn hit_run(t: &Targets, sys: Sys, callers: usize, per_caller: usize) -> (Duration, Vec<u64>) {
+/// `callers` tasks doing `per_caller` hits each; returns (wall time, per-op
+/// latencies in ns). With `timed`, every call is timed with two `Instant`
+/// reads and a push (for the percentiles); without, only the loop is (for
+/// ns/op and throughput: per-call timing costs about as much as a hit of
+/// the fastest systems, so it would compress every ratio towards 1).
+async fn hit_run(t: &Targets, sys: Sys, callers: usize, per_caller: usize, timed: bool) -> (Duration, Vec<u64>) {
     let gate = Arc::new(tokio::sync::Barrier::new(callers + 1));
     let mut tasks = Vec::with_capacity(callers);
     for c in 0..callers {
         let t = t.clone();
         let gate = gate.clone();
         tasks.push(tokio::spawn(async move {
-            let mut lat = Vec::with_capacity(per_caller);
+            let mut lat = Vec::with_capacity(if timed { per_caller } else { 0 });
             let order = t.order.clone();
             let mut pos = (c * 7919) % order.len();
             gate.wait().await;
+            // The gate wakes every caller on the worker that opened it, the
+            // first into its LIFO slot, which the other worker cannot steal;
+            // and a hit never yields. Without this yield two callers often
+            // ran one after the other (seen: the second started as the
+            // first ended), which measured tokio's scheduling, not the
+            // systems. A yielded task goes to the back of a stealable queue.
+            tokio::task::yield_now().await;
             let first = Instant::now();
             for _ in 0..per_caller {
                 let i = order[pos] as usize;
                 pos = (pos + 1) % order.len();
-                let start = Instant::now();
-                t.hit(sys, i).await;
-                lat.push(start.elapsed().as_nanos() as u64);
+                if timed {
+                    let start = Instant::now();
+                    t.hit(sys, i).await;
+                    lat.push(start.elapsed().as_nanos() as u64);
+                } else {
+                    t.hit(sys, i).await;
+                }
             }
             (first, Instant::now(), lat)
         }));
     }
     gate.wait().await;
-    let mut all = Vec::with_capacity(callers * per_caller);
+    let mut all = Vec::with_capacity(if timed { callers * per_caller } else { 0 });
     let (mut first, mut last) = (None::<Instant>, None::<Instant>);
     for task in tasks {
         let (a, b, lat) = task.await.unwrap();
@@ -127,8 +142,9 @@ async fn hit_run(t: &Targets, sys: Sys, callers: usize, per_caller: usize) -> (D
 }
 
 pub(crate) struct HitFigures {
-    /// Per run: ns/op (wall / ops), ops/s, p50, p99, p99.9.
-    pub(crate) runs: Vec<[f64; 5]>,
+    /// Per run: ns/op (wall / ops, untimed pass), ops/s (untimed pass),
+    /// p50, p99, p99.9 (timed pass), ns/op of the timed pass.
+    pub(crate) runs: Vec<[f64; 6]>,
     /// Every latency of every run, sorted (for the chart).
     pub(crate) all: Vec<u64>,
 }
@@ -171,8 +187,8 @@ pub(crate) async fn section_hits(plan: &Plan) -> HashMap<(usize, Sys), HitFigure
 
     // Warm-up: every system, a little, both caller counts.
     for sys in Sys::ALL {
-        hit_run(&t, sys, 1, 5_000).await;
-        hit_run(&t, sys, 64, 100).await;
+        hit_run(&t, sys, 1, 5_000, true).await;
+        hit_run(&t, sys, 64, 100, true).await;
     }
 
     let mut figures: HashMap<(usize, Sys), HitFigures> = HashMap::new();
@@ -187,16 +203,18 @@ pub(crate) async fn section_hits(plan: &Plan) -> HashMap<(usize, Sys), HitFigure
             // machine load hits all of them alike.
             for j in 0..Sys::ALL.len() {
                 let sys = Sys::ALL[(j + round) % Sys::ALL.len()];
-                let (wall, mut lat) = hit_run(&t, sys, callers, per_caller).await;
+                // The untimed pass, then the timed one, back to back.
+                let (wall, _) = hit_run(&t, sys, callers, per_caller, false).await;
+                let (timed_wall, mut lat) = hit_run(&t, sys, callers, per_caller, true).await;
                 lat.sort_unstable();
-                let n = lat.len() as f64;
-                let nsop = wall.as_nanos() as f64 / n;
+                let n = (callers * per_caller) as f64;
                 let row = [
-                    nsop,
+                    wall.as_nanos() as f64 / n,
                     n / wall.as_secs_f64(),
                     percentile(&lat, 50.0) as f64,
                     percentile(&lat, 99.0) as f64,
                     percentile(&lat, 99.9) as f64,
+                    timed_wall.as_nanos() as f64 / n,
                 ];
                 let f = figures.entry((callers, sys)).or_insert_with(|| HitFigures {
                     runs: Vec::new(),
@@ -217,9 +235,11 @@ pub(crate) async fn section_hits(plan: &Plan) -> HashMap<(usize, Sys), HitFigure
     println!("## 1. Hit latency: warmpool against the floor, moka and a mutexed LRU\n");
     println!(
         "1,000 warm keys, keys drawn from a fixed pseudo-random sequence; each caller is a task on a 2-worker \
-         tokio runtime and times every call with `Instant`. {} runs per row, systems interleaved; \
-         each cell is median [min-max] over the runs. ns/op = wall time / ops (for 64 callers: the inverse \
-         of throughput); p50/p99/p99.9 = per-call latency.\n",
+         tokio runtime. {} runs per row, systems interleaved; each cell is median [min-max] over the runs. \
+         Each run is two passes back to back: an untimed one, where only the loop is timed (ns/op = wall \
+         time / ops, for several callers the inverse of throughput; ops/s), and a timed one, where every \
+         call is timed with two `Instant` reads (p50/p99/p99.9 = per-call latency; \"timed ns/op\" = that \
+         pass's wall time / ops, which includes the timing, as this table's ns/op did before round 6).\n",
         plan.hit_rounds
     );
     for callers in [1usize, 2, 8, 64] {
@@ -232,38 +252,61 @@ pub(crate) async fn section_hits(plan: &Plan) -> HashMap<(usize, Sys), HitFigure
             "### {callers} caller{} ({per} hits per run)\n",
             if callers == 1 { "" } else { "s" }
         );
-        println!("| system | ns/op | ops/s | p50 | p99 | p99.9 |");
-        println!("|---|---|---|---|---|---|");
+        println!("| system | ns/op | ops/s | p50 | p99 | p99.9 | timed ns/op |");
+        println!("|---|---|---|---|---|---|---|");
         for sys in Sys::ALL {
             let f = &figures[&(callers, sys)];
             let col = |i: usize| f.runs.iter().map(|r| r[i]).collect::<Vec<_>>();
             println!(
-                "| {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} |",
                 sys.name(),
                 mmm(&col(0), ns),
                 mmm(&col(1), ops),
                 mmm(&col(2), ns),
                 mmm(&col(3), ns),
-                mmm(&col(4), ns)
+                mmm(&col(4), ns),
+                mmm(&col(5), ns)
             );
         }
         println!();
-        println!("| ratio (per run, same round) | ns/op | p50 | p99 |");
-        println!("|---|---|---|---|");
+        println!("| ratio (per run, same round) | ns/op | p50 | p99 | timed ns/op |");
+        println!("|---|---|---|---|---|");
         for other in [Sys::Floor, Sys::Moka, Sys::Quick] {
             let p = &figures[&(callers, Sys::Pool)].runs;
             let o = &figures[&(callers, other)].runs;
             let r = |i: usize| p.iter().zip(o).map(|(a, b)| a[i] / b[i]).collect::<Vec<_>>();
             println!(
-                "| warmpool / {} | {} | {} | {} |",
+                "| warmpool / {} | {} | {} | {} | {} |",
                 other.short(),
                 mmm(&r(0), ratio),
                 mmm(&r(2), ratio),
-                mmm(&r(3), ratio)
+                mmm(&r(3), ratio),
+                mmm(&r(5), ratio)
             );
         }
         println!();
     }
+    // How each system's throughput grows from 1 caller to several, on the
+    // same 2 workers: the medians of the untimed passes. (Not a per-round
+    // ratio: the caller counts run one after the other.)
+    println!("| throughput, median of the untimed passes | 2 callers / 1 | 8 callers / 1 | 64 callers / 1 |");
+    println!("|---|---|---|---|");
+    for sys in Sys::ALL {
+        let median_ops = |callers: usize| {
+            let mut v: Vec<f64> = figures[&(callers, sys)].runs.iter().map(|r| r[1]).collect();
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let one = median_ops(1);
+        println!(
+            "| {} | {:.2}x | {:.2}x | {:.2}x |",
+            sys.short(),
+            median_ops(2) / one,
+            median_ops(8) / one,
+            median_ops(64) / one
+        );
+    }
+    println!();
     println!(
         "Pool counters after the runs: {} hits, {} misses, {} builds (the 1,000 warm-up builds).\n",
         s.hits, s.misses, s.builds
