@@ -154,6 +154,20 @@ impl Published {
             .fetch_max(old.touched_at.load(Ordering::Relaxed), Ordering::Relaxed);
     }
 
+    /// The last hit through the read view since the supervisor last
+    /// looked, if any (0 = none); clears it.
+    pub(crate) fn take_use(&self) -> u64 {
+        self.touched_at.swap(0, Ordering::Relaxed)
+    }
+
+    /// Records `at`, a use of the key made on an instance this one took
+    /// over from, as not yet seen by the supervisor (0 = nothing to carry).
+    pub(crate) fn carry_use(&self, at: u64) {
+        if at != 0 {
+            self.touched_at.fetch_max(at, Ordering::Relaxed);
+        }
+    }
+
     /// The last hand-out, in nanoseconds since the view's origin.
     pub(crate) fn last_used_nanos(&self) -> u64 {
         self.last_used.load(Ordering::Relaxed)
@@ -331,7 +345,7 @@ impl<T: Send + Sync + 'static> ReadView<T> {
             .get(key)
             .and_then(Slot::live)
             .and_then(Weak::upgrade)
-            .map(|instance| instance.published.touched_at.swap(0, Ordering::Relaxed))
+            .map(|instance| instance.published.take_use())
             .filter(|at| *at != 0)
     }
 

@@ -350,3 +350,53 @@ async fn rotation_at_capacity_counts_one_overshoot_and_keeps_the_actor() {
     assert_eq!(ids(), before, "b's actor served the rotation itself");
     drop((a, b, b2));
 }
+
+/// A hit on an instance that its key then retires while the key stays (here:
+/// rotated to another hash by a request queued earlier) is still a use of
+/// the key for LRU order: the next instance carries it. Found by the model
+/// test: the hit's use went with the retired instance, so the key looked
+/// unused since its first call and was evicted before a key used later.
+#[tokio::test(start_paused = true)]
+async fn a_hit_on_an_instance_retired_while_its_key_stays_still_counts_for_lru() {
+    let c = Counters::new();
+    let pool = pool(&c, 2).await;
+
+    // t = 0: "k" asked with hash 3, its build taking 1 s.
+    let asked = spawn_get(&pool, &c, "k", 3, Duration::from_secs(1));
+    settle().await;
+    tokio::time::advance(Duration::from_millis(1)).await;
+    // t = 1 ms: an insert with hash 1 replaces it (the build goes stale;
+    // its caller's request is handled again when it ends).
+    pool.insert("k", h(1), client("k", 1, 100)).await.unwrap();
+    tokio::time::advance(Duration::from_millis(1)).await;
+    // t = 2 ms: "other" is used.
+    drop(get(&pool, &c, "other").await);
+    tokio::time::advance(Duration::from_millis(1)).await;
+    // t = 3 ms: a hit on "k"'s inserted instance, through the read view.
+    let hit = pool.get("k", h(1)).expect("the inserted instance is served");
+    assert_eq!(hit.serial, 100);
+    drop(hit);
+
+    // The stale build ends; the queued hash-3 request retires the inserted
+    // instance (credentials) and builds again, which takes another second.
+    tokio::time::advance(Duration::from_millis(2_100)).await;
+    let lease = bounded(Duration::from_secs(5), "the hash-3 call", asked)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(lease.hash, h(3));
+    drop(lease);
+    settle().await;
+
+    // A third key at the cap of 2: "other" (last used at 2 ms) is the least
+    // recently used, not "k" (3 ms).
+    drop(get(&pool, &c, "third").await);
+    eventually("the LRU key is disposed", async || {
+        disposed_keys(&c).iter().any(|k| k == "other")
+    })
+    .await;
+    settle().await;
+    let s = pool.stats().await.unwrap();
+    assert_eq!(s.retirements.capacity, 1, "one eviction");
+    assert_eq!(s.keys, strings(&["k", "third"]), "\"k\" stays");
+}

@@ -180,6 +180,13 @@ pub(crate) struct KeyState<T: Send + Sync + 'static> {
     /// Refreshes in a row that failed after their retries: the next
     /// refresh-ahead waits out the backoff for this many retries.
     refresh_failures: u32,
+    /// A hit through the read view that the supervisor had not seen when
+    /// its instance was retired while the key stayed (rotated credentials,
+    /// a replacing insert, an invalidation with callers waiting), in the
+    /// view's units; 0 = none. The supervisor reads uses off the published
+    /// instance, so the next instance carries it (`Published::carry_use`):
+    /// a key's use must not be lost with the instance it was made on.
+    unseen_use: u64,
 }
 
 impl<T: Send + Sync + 'static> KeyState<T> {
@@ -704,6 +711,7 @@ impl<T: Send + Sync + 'static> KeyState<T> {
         instance
             .published
             .stamp(hash, expires_at, Instant::now(), &self.shared.view);
+        instance.published.carry_use(std::mem::take(&mut self.unseen_use));
         let published = !self.shutting_down() && self.shared.view.publish(self.key.clone(), &instance, fence);
         self.current = Some(Current {
             instance,
@@ -764,6 +772,13 @@ impl<T: Send + Sync + 'static> KeyState<T> {
         let _span = crate::trace::retire_span(&self.key, id, cause).entered();
         // Out of the read view before anything acknowledges the retirement.
         self.shared.view.unpublish(&self.key, &current.instance);
+        // Its hits the supervisor has not seen yet are uses of the key: they
+        // go to the instance that serves now (a refresh), else to the next.
+        let unseen = current.instance.published.take_use();
+        match self.current.as_ref() {
+            Some(now_serving) => now_serving.instance.published.carry_use(unseen),
+            None => self.unseen_use = self.unseen_use.max(unseen),
+        }
         // The pool's reference goes now: disposal follows at once, or at
         // the last lease.
         drop(current.instance);
@@ -884,6 +899,7 @@ impl<T: Send + Sync + 'static> Actor for KeyActor<T> {
             next_attempt: 0,
             phase: KeyPhase::Serving,
             retired_by_shutdown: 0,
+            unseen_use: 0,
             version: 0,
             deferred_refreshes: Vec::new(),
             refresh_failures: 0,
