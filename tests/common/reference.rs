@@ -522,21 +522,24 @@ impl Model {
         }
     }
 
-    /// A hit on what is now the key's instance, or on one a refresh
-    /// replaced (whose recorded uses the new one takes over), is a use of
-    /// the key; a hit on an instance retired since left with it.
+    /// A hit is a use of its key while the key stays in the pool, also when
+    /// the instance it hit has been retired since: the key actor carries
+    /// the use over to the instance that serves next. For idle time it
+    /// counts only on the instance it hit (or on one a refresh replaced,
+    /// whose recorded uses the new one takes over).
     fn reader_touch(&mut self, key: &'static str, serials: &[u64]) {
-        let Some(cur) = self.keys.get(key).and_then(|k| k.current.as_ref()) else {
+        if serials.is_empty() || !self.keys.contains_key(key) {
             return;
-        };
-        let used = serials.iter().any(|s| *s == cur.serial || self.instances[s].refreshed);
-        if used {
-            let now = self.now;
-            self.lru.retain(|k| *k != key);
-            self.lru.push(key);
-            let k = self.keys.get_mut(key).unwrap();
-            k.routed_at = now;
-            k.current.as_mut().unwrap().last_used = now;
+        }
+        let now = self.now;
+        self.lru.retain(|k| *k != key);
+        self.lru.push(key);
+        let k = self.keys.get_mut(key).unwrap();
+        k.routed_at = now;
+        if let Some(cur) = k.current.as_mut()
+            && serials.iter().any(|s| *s == cur.serial || self.instances[s].refreshed)
+        {
+            cur.last_used = now;
         }
     }
 
