@@ -20,10 +20,13 @@ pub(crate) enum Sys {
     Moka,
     Quick,
     Lru,
+    /// Each caller's own `HashMap`: nothing shared between callers, so its
+    /// scaling with callers is the machine's, not a cache's.
+    Private,
 }
 
 impl Sys {
-    const ALL: [Sys; 5] = [Sys::Pool, Sys::Floor, Sys::Moka, Sys::Quick, Sys::Lru];
+    const ALL: [Sys; 6] = [Sys::Pool, Sys::Floor, Sys::Moka, Sys::Quick, Sys::Lru, Sys::Private];
 
     pub(crate) fn name(self) -> &'static str {
         match self {
@@ -32,6 +35,7 @@ impl Sys {
             Sys::Moka => "moka `get_with`",
             Sys::Quick => "quick_cache sync `get`",
             Sys::Lru => "`Mutex<LruCache>` get",
+            Sys::Private => "per-caller `HashMap` get (nothing shared)",
         }
     }
 
@@ -42,6 +46,7 @@ impl Sys {
             Sys::Moka => "moka get_with",
             Sys::Quick => "quick_cache get",
             Sys::Lru => "Mutex<LruCache>",
+            Sys::Private => "per-caller HashMap",
         }
     }
 }
@@ -56,6 +61,10 @@ struct Targets {
     moka: moka::future::Cache<Arc<str>, Arc<Inst>>,
     quick: Arc<quick_cache::sync::Cache<Arc<str>, Arc<Inst>>>,
     lru: Arc<Mutex<lru::LruCache<Arc<str>, Arc<Inst>>>>,
+    /// Copied with the rest for each caller (before the gate), so that
+    /// every caller reads its own; the value is a plain number, so that no
+    /// reference count is shared either.
+    private: HashMap<Arc<str>, u64>,
 }
 
 impl Targets {
@@ -85,6 +94,10 @@ impl Targets {
             }
             Sys::Lru => {
                 let v = self.lru.lock().unwrap().get(&*self.arc_keys[i]).cloned();
+                std::hint::black_box(&v.expect("warm"));
+            }
+            Sys::Private => {
+                let v = self.private.get(&*self.arc_keys[i]).copied();
                 std::hint::black_box(&v.expect("warm"));
             }
         }
@@ -174,6 +187,7 @@ pub(crate) async fn section_hits(plan: &Plan) -> HashMap<(usize, Sys), HitFigure
         quick.insert(k.clone(), inst.clone());
         lru.lock().unwrap().put(k.clone(), inst);
     }
+    let private = arc_keys.iter().map(|k| (Arc::from(&**k), 0)).collect();
     let t = Targets {
         keys: Arc::new(keys),
         arc_keys: Arc::new(arc_keys),
@@ -183,6 +197,7 @@ pub(crate) async fn section_hits(plan: &Plan) -> HashMap<(usize, Sys), HitFigure
         moka,
         quick,
         lru,
+        private,
     };
 
     // Warm-up: every system, a little, both caller counts.
