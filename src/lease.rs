@@ -18,7 +18,8 @@ use crate::view::Published;
 /// One built instance and what is needed to dispose of it.
 ///
 /// The key actor holds one `Arc<Instance<T>>` while the instance is resident;
-/// each [`Lease`] holds another. Dropping the last of them (retired AND no
+/// each [`Lease`] holds another, and a read-view lookup holds one for the
+/// moment it checks the hit rule. Dropping the last of them (retired AND no
 /// lease left, in whichever order) runs `Drop`, which hands the value to the
 /// disposer: so disposal happens exactly once, never while leased, and no
 /// caller can forget to "release" anything.
@@ -30,9 +31,9 @@ pub(crate) struct Instance<T: Send + Sync + 'static> {
     /// What a hit through the read view checks and records.
     pub(crate) published: Published,
     /// The read view's retirement number at which its key's actor (or a
-    /// prefix invalidation) retired it; 0 while it is current. Set before
-    /// it leaves the view, and read by a hit after it takes its lease (see
-    /// `view.rs`). A call waiting on another call's answer uses the number
+    /// prefix invalidation) retired it; 0 while it is current. Set as it
+    /// leaves the view, before anyone is told it left, and read by a hit
+    /// after it takes its reference (see `view.rs`). A call waiting on another call's answer uses the number
     /// to tell an instance retired before it joined (never to be handed to
     /// it) from one retired after (see `inflight.rs`).
     retired_at: AtomicU64,

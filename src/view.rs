@@ -10,10 +10,14 @@
 //! a map lookup, a `Weak` upgrade into a [`Lease`], the hit rule and a coarse
 //! timestamp write, with no message, no allocation and no lock.
 //!
-//! Unpublishing is "flag, then remove": a reader that found the entry just
-//! before it was removed sees the flag after taking its lease, drops the
-//! lease and asks the key actor instead. So once an unpublish is done, no
-//! call that starts afterwards is served the old instance.
+//! Unpublishing is "mark, then remove": the key actor marks the instance
+//! retired (`Instance::mark_retired`) before it removes it from the map, and
+//! a reader checks the mark after taking its reference, so a reader that
+//! found the instance just before it was removed drops it and asks the key
+//! actor instead. (The supervisor's `fence_key` and `remove_orphan` swap the
+//! slot out first and mark right after, before they answer anyone.) So once
+//! an unpublish is done, no call that starts afterwards is served the old
+//! instance.
 //!
 //! A prefix invalidation answers before the key actors have retired
 //! anything (their retirements are paced), so the supervisor replaces each
@@ -54,7 +58,8 @@ pub(crate) struct Published {
     /// cache line.
     last_used: AtomicU64,
     /// Last hit through the read view since the supervisor last looked
-    /// (`ReadView::take_use`, which resets it to 0 = none), in the units
+    /// (`ReadView::take_use`, which resets it to 0 = none; as the key actor
+    /// retires the instance it takes it over, see `carry_use`), in the units
     /// and granularity of `last_used`. Kept apart from `last_used` because
     /// LRU order counts a call when it starts: a waiter the key actor serves
     /// when a build ends called earlier, and its hand-out (which does count
@@ -181,8 +186,9 @@ enum Slot<T: Send + Sync + 'static> {
     /// which may wait for more removals to batch them), and disposal must
     /// not wait for that. The key actor holds the pool's strong reference;
     /// as it retires the instance it drops that reference, so the instance
-    /// is disposed at once or at its last lease, and a reader that still
-    /// finds this slot can no longer upgrade it.
+    /// is disposed at once or at its last lease. A reader that still finds
+    /// this slot either can no longer upgrade it or sees the instance
+    /// marked retired.
     Live(Weak<Instance<T>>),
     /// Invalidated by prefix invalidation number `.0`, whose retirement has
     /// not reached the key actor yet: nothing may be served, and nothing
@@ -210,14 +216,15 @@ pub(crate) struct ReadView<T: Send + Sync + 'static> {
     /// much). Blocking makes the actor whose insert triggers a resize copy
     /// the table before it goes on; readers never wait.
     map: papaya::HashMap<Arc<str>, Slot<T>, foldhash::quality::RandomState>,
-    /// Origin of the entries' last-use times.
+    /// Origin of the view's clock: instances' last-use times and TTL
+    /// deadlines are nanoseconds after it.
     origin: Instant,
     /// The number of the last prefix invalidation (see `Slot::Fenced`). The
     /// supervisor stamps each request it forwards with it.
     fence: AtomicU64,
-    /// How many entries have been retired from the view: each retirement
-    /// takes the next number and marks its instance with it before the
-    /// entry is flagged (see `Instance::mark_retired`).
+    /// How many instances have been retired from the view: each retirement
+    /// takes the next number and marks its instance with it (see
+    /// `Instance::mark_retired`).
     retirements: AtomicU64,
 }
 

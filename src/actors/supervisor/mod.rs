@@ -111,8 +111,8 @@ struct Entry<T: Send + Sync + 'static> {
     sent: u64,
     /// The key's last use as this actor last recorded it (nanoseconds on the
     /// read view's clock), and its place in `recency`. Hits through the read
-    /// view do not come here: they advance the published entry's time, which
-    /// eviction and the idle sweep read lazily. So this is a lower bound of
+    /// view do not come here: they advance the published instance's touch
+    /// time, which eviction and the idle sweep read lazily. So this is a lower bound of
     /// the true last use.
     used: Used,
     view: View<T>,
@@ -151,7 +151,9 @@ impl<T: Send + Sync + 'static> Entry<T> {
             && match &self.view {
                 View::Busy => false,
                 View::Idle => true,
-                // The key actor holds one strong reference; any more are leases.
+                // The key actor holds one strong reference; any more are leases
+                // (or, for a moment, a read-view lookup checking the hit rule:
+                // the skip of leased keys is best effort).
                 View::Ready { probe, .. } => probe.strong_count() <= 1,
             }
     }
