@@ -207,13 +207,19 @@ pub(crate) async fn section_hits(plan: &Plan) -> HashMap<(usize, Sys), HitFigure
     }
 
     let mut figures: HashMap<(usize, Sys), HitFigures> = HashMap::new();
-    for callers in [1usize, 2, 8, 64] {
-        let per_caller = if callers == 1 {
-            plan.hit_ops_one
-        } else {
-            plan.hit_ops_per_caller_64 * 64 / callers
-        };
-        for round in 0..plan.hit_rounds {
+    // Rounds outermost: each round runs every caller count and every
+    // system, so a stretch of load from a neighbour on this shared machine
+    // lands on one round of each row, not on all rounds of one caller
+    // count (which made the scaling ratios swing: 1.11x-2.29x at 2
+    // callers in round 6, while each caller's own share of CPU went up
+    // and down).
+    for round in 0..plan.hit_rounds {
+        for callers in [1usize, 2, 8, 64] {
+            let per_caller = if callers == 1 {
+                plan.hit_ops_one
+            } else {
+                plan.hit_ops_per_caller_64 * 64 / callers
+            };
             // Interleave the systems, rotating who goes first, so drifting
             // machine load hits all of them alike.
             for j in 0..Sys::ALL.len() {
@@ -302,23 +308,25 @@ pub(crate) async fn section_hits(plan: &Plan) -> HashMap<(usize, Sys), HitFigure
         println!();
     }
     // How each system's throughput grows from 1 caller to several, on the
-    // same 2 workers: the medians of the untimed passes. (Not a per-round
-    // ratio: the caller counts run one after the other.)
-    println!("| throughput, median of the untimed passes | 2 callers / 1 | 8 callers / 1 | 64 callers / 1 |");
+    // same 2 workers: per round, the untimed pass at N callers over the one
+    // at 1 caller of the same round.
+    println!(
+        "| throughput at N callers / at 1 caller, per round: median [min-max] | 2 callers / 1 | 8 callers / 1 | 64 callers / 1 |"
+    );
     println!("|---|---|---|---|");
     for sys in Sys::ALL {
-        let median_ops = |callers: usize| {
-            let mut v: Vec<f64> = figures[&(callers, sys)].runs.iter().map(|r| r[1]).collect();
-            v.sort_by(f64::total_cmp);
-            v[v.len() / 2]
+        let scaling = |callers: usize| {
+            let one = &figures[&(1, sys)].runs;
+            let many = &figures[&(callers, sys)].runs;
+            let r: Vec<f64> = many.iter().zip(one).map(|(m, o)| m[1] / o[1]).collect();
+            mmm(&r, ratio)
         };
-        let one = median_ops(1);
         println!(
-            "| {} | {:.2}x | {:.2}x | {:.2}x |",
+            "| {} | {} | {} | {} |",
             sys.short(),
-            median_ops(2) / one,
-            median_ops(8) / one,
-            median_ops(64) / one
+            scaling(2),
+            scaling(8),
+            scaling(64)
         );
     }
     println!();
