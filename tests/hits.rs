@@ -429,3 +429,41 @@ async fn build_discarded_by_insert_is_rebuilt_with_the_callers_factory() {
         "discarded build, inserted instance (credentials), fresh build"
     );
 }
+
+/// A task that does nothing but hit a warm key still hands its worker back:
+/// a hit takes a unit of tokio's coop budget, as a receive on a channel
+/// with a message ready does. On this single-threaded runtime the other
+/// task runs within a bounded number of hits; without the budget it would
+/// run only after the hitter ended (at worst, a starved key actor or timer
+/// blocks the hitter's own next miss, and the task never ends).
+#[tokio::test(start_paused = true)]
+async fn a_task_that_only_hits_lets_the_other_tasks_on_its_worker_run() {
+    use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+    const LIMIT: u32 = 100_000;
+    let c = Counters::new();
+    let pool = builder(&c).spawn().await.unwrap();
+    drop(get(&pool, &c, "acme:openai").await);
+
+    let other_ran = Arc::new(AtomicBool::new(false));
+    let hitter = tokio::spawn({
+        let (pool, c, other_ran) = (pool.clone(), c.clone(), other_ran.clone());
+        async move {
+            for n in 0..LIMIT {
+                drop(get(&pool, &c, "acme:openai").await);
+                if other_ran.load(SeqCst) {
+                    return Some(n);
+                }
+            }
+            None
+        }
+    });
+    tokio::spawn(async move { other_ran.store(true, SeqCst) });
+
+    let hits_before = hitter.await.unwrap();
+    assert!(
+        hits_before.is_some_and(|n| n < 2_000),
+        "the other task must run within 2,000 hits (a unit of coop budget per 8 hits, 128 units per poll); \
+         it ran after {hits_before:?} (None: not within {LIMIT})"
+    );
+    assert_eq!(c.builds(), 1, "every call after the first is a hit");
+}

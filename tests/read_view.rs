@@ -189,3 +189,83 @@ async fn readers_never_see_an_invalidated_or_foreign_instance() {
     assert_eq!(disposed, built, "every instance built is disposed exactly once");
     assert_eq!(report.disposed, built);
 }
+
+/// Tasks that do nothing but hit, four per worker, do not stall the pool's
+/// actors: rotations (each a miss that needs the key's actor, a 1 ms timer
+/// and a worker) still complete while they run, because hits take from the
+/// tasks' coop budget and so yield now and then. Without that, the two
+/// workers never came back from the hitters and the rotations never ended.
+/// The bound is a watchdog on a plain thread: a tokio timeout would need a
+/// stalled worker to fire it.
+#[test]
+fn hitters_that_outnumber_the_workers_do_not_stall_the_actors() {
+    const HITTERS: usize = 8;
+    const ROTATIONS: u64 = 20;
+    const WARM: usize = 100;
+    let (done, outcome) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let counts = rt.block_on(async {
+            let c = common::Counters::new();
+            let pool = common::builder(&c).spawn().await.unwrap();
+            let names: Arc<Vec<String>> = Arc::new((0..WARM).map(|k| format!("warm{k:03}")).collect());
+            common::warm_keys(&pool, &c, &names).await;
+            let stop = Arc::new(AtomicBool::new(false));
+            let hits = Arc::new(AtomicU64::new(0));
+            let hitters: Vec<_> = (0..HITTERS)
+                .map(|t| {
+                    let (pool, c, names, stop, hits) =
+                        (pool.clone(), c.clone(), names.clone(), stop.clone(), hits.clone());
+                    tokio::spawn(async move {
+                        let mut k = t;
+                        while !stop.load(SeqCst) {
+                            drop(common::get(&pool, &c, &names[k % WARM]).await);
+                            hits.fetch_add(1, SeqCst);
+                            k += 7;
+                        }
+                    })
+                })
+                .collect();
+            // The hitters are under way before the first rotation.
+            while hits.load(SeqCst) < 10_000 {
+                tokio::task::yield_now().await;
+            }
+            for v in 2..2 + ROTATIONS {
+                let lease = pool
+                    .get_or_create(
+                        "rotated",
+                        common::h(v),
+                        common::factory(&c, "rotated", common::h(v), Duration::from_millis(1)),
+                    )
+                    .await
+                    .unwrap();
+                assert_eq!(lease.hash, common::h(v), "rotation {v} served another hash");
+            }
+            stop.store(true, SeqCst);
+            for h in hitters {
+                h.await.unwrap();
+            }
+            let report = pool.shutdown(Duration::from_secs(10)).await.unwrap();
+            (c.builds(), c.disposed(), report.still_leased.len(), hits.load(SeqCst))
+        });
+        let _ = done.send(counts);
+    });
+    let (builds, disposed, still_leased, hits) = outcome
+        .recv_timeout(Duration::from_secs(60))
+        .expect("20 rotations did not end within 60 s while 8 tasks hit: the hitters starved the actors");
+    assert_eq!(
+        builds,
+        WARM + ROTATIONS as usize,
+        "one build per warm key and per rotation"
+    );
+    assert_eq!(
+        disposed, builds,
+        "every instance disposed exactly once by the end of shutdown"
+    );
+    assert_eq!(still_leased, 0);
+    assert!(hits >= 10_000, "the hitters ran: {hits} hits");
+}
