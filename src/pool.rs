@@ -398,7 +398,8 @@ impl<T: Send + Sync + 'static> Pool<T> {
     ///
     /// It never builds, never counts a failure, never starts a cool-down and
     /// never triggers a refresh-ahead rebuild. A hit counts in
-    /// [`Stats::hits`]; a `None` is not counted as a miss.
+    /// [`Stats::hits`] and as a use of the instance (LRU order, idle time);
+    /// a `None` counts as neither a miss nor a use.
     ///
     /// Being a plain function, it never yields: a task that loops over
     /// `get` and nothing else should await
@@ -409,14 +410,14 @@ impl<T: Send + Sync + 'static> Pool<T> {
         if shared.lifecycle.phase() != Phase::Running {
             return None;
         }
-        let lease = shared.view.hit(key, credentials_hash, shared.settings.time_to_idle)?;
-        if shared.probe.is_some()
-            && lease
-                .instance()
-                .probe_due(tokio::time::Instant::now(), shared.settings.probe_interval)
-        {
-            return None;
-        }
+        // An instance due for its probe is refused before the hit would
+        // count as a use of it: a `None` is no use (LRU order, idle time).
+        let probed = shared.probe.is_some();
+        let lease = shared
+            .view
+            .hit_if(key, credentials_hash, shared.settings.time_to_idle, |instance, now| {
+                !(probed && instance.probe_due(now, shared.settings.probe_interval))
+            })?;
         shared.metrics.hits.add(1);
         Some(lease)
     }

@@ -248,15 +248,30 @@ impl<T: Send + Sync + 'static> ReadView<T> {
     /// A lease on `key`'s published instance, if it may be served to a
     /// caller presenting `hash` now; `None` sends the caller to the actors.
     pub(crate) fn hit(&self, key: &str, hash: CredentialsHash, idle: Option<Duration>) -> Option<Lease<T>> {
+        self.hit_if(key, hash, idle, |_, _| true)
+    }
+
+    /// [`hit`](Self::hit), refused also when `admit` says no. `admit` runs
+    /// before the hit is recorded as a use of the instance (LRU order, idle
+    /// time), so a refused lookup leaves no trace.
+    #[inline]
+    pub(crate) fn hit_if(
+        &self,
+        key: &str,
+        hash: CredentialsHash,
+        idle: Option<Duration>,
+        admit: impl FnOnce(&Instance<T>, Instant) -> bool,
+    ) -> Option<Lease<T>> {
         let map = self.map.pin();
         // The lease is taken first: the checks below then read the line the
         // upgrade brought in. One that fails drops it again; if the key
         // actor let go of the instance meanwhile, that disposes it.
         let instance = map.get(key)?.live()?.upgrade()?;
-        let now = self.nanos(Instant::now());
+        let at = Instant::now();
+        let now = self.nanos(at);
         // Checked after taking the lease: a retirement that flagged the
         // instance before this point is seen here (see the module docs).
-        if instance.published.refusal(hash, now, idle).is_some() || instance.is_retired() {
+        if instance.published.refusal(hash, now, idle).is_some() || instance.is_retired() || !admit(&instance, at) {
             return None;
         }
         instance.published.touch(now);

@@ -186,3 +186,43 @@ async fn get_returns_none_for_an_instance_due_for_its_probe_and_never_probes() {
     assert_eq!(pool.get("k", h(1)).unwrap().serial, 1, "checked again");
     assert_eq!(probes.load(SeqCst), 1);
 }
+
+/// A `get` refused because the instance is due for its probe is no use of
+/// the instance: LRU order still ranks it by its last real use. Keys "a"
+/// (built first, due) and "b" (built later, not due) fill a cap of 2; after
+/// a refused `get("a")`, a third key evicts "a", not "b".
+#[tokio::test(start_paused = true)]
+async fn a_get_refused_for_a_due_probe_is_not_a_use_for_lru() {
+    let c = Counters::new();
+    let probes = Arc::new(AtomicUsize::new(0));
+    let counted = probes.clone();
+    let pool = builder(&c)
+        .max_entries(2)
+        .probe_interval(10 * SEC)
+        .probe(move |_: Lease<Client>| {
+            counted.fetch_add(1, SeqCst);
+            async { Ok::<_, std::io::Error>(true) }
+        })
+        .spawn()
+        .await
+        .unwrap();
+    let build = |key: &'static str| pool.get_or_create(key, h(1), factory(&c, key, h(1), Duration::ZERO));
+    drop(build("a").await.unwrap());
+    advance(5 * SEC).await;
+    drop(build("b").await.unwrap());
+    advance(6 * SEC).await;
+
+    assert!(pool.get("a", h(1)).is_none(), "\"a\" is due for its probe");
+    drop(build("c").await.unwrap());
+
+    eventually("the least recently used key disposed", async || c.disposed() == 1).await;
+    assert_eq!(
+        *c.disposed_keys.lock().unwrap(),
+        vec!["a".to_string()],
+        "\"a\" was last used at its build, before \"b\""
+    );
+    let mut keys = pool.stats().await.unwrap().keys;
+    keys.sort();
+    assert_eq!(keys, vec!["b".to_string(), "c".to_string()]);
+    assert_eq!((c.builds(), probes.load(SeqCst)), (3, 0));
+}
