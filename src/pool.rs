@@ -131,11 +131,14 @@ impl<T: Send + Sync + 'static> Pool<T> {
     ///
     /// A hit reads the pool's published instances directly: no message to
     /// any actor, no allocation, no lock, nothing to wait for. Like a tokio
-    /// channel that has a message ready, hits take from the calling task's
-    /// [coop budget](tokio::task::consume_budget) (a unit per 8 hits), so a
-    /// task that only hits still yields to its worker, about every 1,000
-    /// hits, and cannot starve the pool's actors or other tasks. Anything
-    /// else (a
+    /// channel that has a message ready, calls take from the calling task's
+    /// [coop budget](tokio::task::coop) (a unit per 8 calls on a thread), so
+    /// a task that only hits still yields to its worker about every 1,000
+    /// hits instead of starving the pool's actors and other tasks. So even a
+    /// hit may return `Pending` once: do not poll this future only once
+    /// (`now_or_never`) expecting a hit to be ready, and do not wrap a loop
+    /// of hits in [`unconstrained`](tokio::task::coop::unconstrained) unless
+    /// it yields by other means. Anything else (a
     /// miss, another credentials hash, an expired instance, a cooling key)
     /// boxes `factory` and makes one round trip through the supervisor and
     /// the key's actor. Dropping the returned future does not cancel a
@@ -206,12 +209,13 @@ impl<T: Send + Sync + 'static> Pool<T> {
         E: Into<BoxError>,
     {
         let shared = &self.inner.shared;
+        // First of all: a call dropped at this yield has done nothing, and
+        // the phase is read after it, so a call that resumes once shutdown
+        // has begun gets `ShutDown`, not a hit.
+        cooperate().await;
         if shared.lifecycle.phase() != Phase::Running {
             return Err(PoolError::ShutDown);
         }
-        // Before the lookup, so that a call dropped at this yield has done
-        // nothing.
-        cooperate().await;
         // The hit path: the read view, no actor involved. Counted once
         // served: a call whose probe finds the instance stale is a miss.
         if let Some(lease) = self.view_lease(key, hash).await {
@@ -403,7 +407,7 @@ impl<T: Send + Sync + 'static> Pool<T> {
     ///
     /// Being a plain function, it never yields: a task that loops over
     /// `get` and nothing else should await
-    /// [`consume_budget`](tokio::task::consume_budget) itself, as
+    /// [`consume_budget`](tokio::task::coop::consume_budget) itself, as
     /// `get_or_create` does, so that it cannot starve its worker.
     pub fn get(&self, key: &str, credentials_hash: CredentialsHash) -> Option<Lease<T>> {
         let shared = &self.inner.shared;
@@ -818,23 +822,26 @@ impl<T: Send + Sync + 'static> Pool<T> {
     }
 }
 
-/// Hits on one thread that together take one unit of tokio's coop budget.
-/// A unit per hit, as tokio's own ready operations take, made a task that
-/// does nothing but hit yield every 128 hits (about 18 us of work here),
-/// and each yield of a task alone on its worker cost a few microseconds of
-/// scheduler work (a poll of the I/O driver, a wake): 30% more per hit in
-/// a tight loop. One unit per 8 hits yields every 1,024 hits, about 150 us
-/// of work, inside the 10-100 us-and-more slices tokio aims for.
-const HITS_PER_BUDGET_UNIT: u8 = 8;
+/// Calls on one thread that together take one unit of tokio's coop budget
+/// (counted before the lookup, so misses count too; they yield anyway).
+/// A unit per call, as tokio's own ready operations take, made a task that
+/// does nothing but hit yield every 128 hits (about 23 us of work here),
+/// and each yield of a task alone on its worker costs a few microseconds of
+/// scheduler work (a poll of the I/O driver, a wake): 16-20% more per hit
+/// in a tight loop (BENCHMARKS.md, round 7). One unit per 8 calls yields
+/// every 1,024 hits, about 150-200 us of work.
+const CALLS_PER_BUDGET_UNIT: u8 = 8;
 
 thread_local! {
-    /// Hits on this thread since it last took a unit of the coop budget.
-    static UNBUDGETED_HITS: std::cell::Cell<u8> = const { std::cell::Cell::new(0) };
+    /// Calls on this thread since the last one that took a unit of the coop
+    /// budget.
+    static UNBUDGETED_CALLS: std::cell::Cell<u8> = const { std::cell::Cell::new(0) };
 }
 
 /// Takes a unit of the calling task's coop budget every
-/// [`HITS_PER_BUDGET_UNIT`] hits on this thread, which yields once the
-/// budget is spent.
+/// [`CALLS_PER_BUDGET_UNIT`] calls on this thread, which yields once the
+/// budget is spent. Outside a tokio runtime there is no budget, and this
+/// never yields.
 ///
 /// A hit completes without waiting on anything, so a task that did nothing
 /// but hit would never hand its worker back: the key actors, timers and
@@ -844,14 +851,14 @@ thread_local! {
 /// runs one task at a time, and tasks that share it only make it yield
 /// sooner.
 async fn cooperate() {
-    let due = UNBUDGETED_HITS.with(|hits| {
-        let n = hits.get() + 1;
-        let due = n >= HITS_PER_BUDGET_UNIT;
-        hits.set(if due { 0 } else { n });
+    let due = UNBUDGETED_CALLS.with(|calls| {
+        let n = calls.get() + 1;
+        let due = n >= CALLS_PER_BUDGET_UNIT;
+        calls.set(if due { 0 } else { n });
         due
     });
     if due {
-        tokio::task::consume_budget().await;
+        tokio::task::coop::consume_budget().await;
     }
 }
 

@@ -122,7 +122,8 @@ async fn hit_run(t: &Targets, sys: Sys, callers: usize, per_caller: usize, timed
             gate.wait().await;
             // The gate wakes every caller on the worker that opened it, the
             // first into its LIFO slot, which the other worker cannot steal;
-            // and a hit never yields. Without this yield two callers often
+            // and most systems' hits never yield (warmpool's, only every
+            // 1,024 or so). Without this yield two callers often
             // ran one after the other (seen: the second started as the
             // first ended), which measured tokio's scheduling, not the
             // systems. A yielded task goes to the back of a stealable queue.
