@@ -431,8 +431,8 @@ async fn build_discarded_by_insert_is_rebuilt_with_the_callers_factory() {
 }
 
 /// A task that does nothing but hit a warm key still hands its worker back:
-/// a hit takes a unit of tokio's coop budget, as a receive on a channel
-/// with a message ready does. On this single-threaded runtime the other
+/// calls take from tokio's coop budget (a unit per 8), as a receive on a
+/// channel with a message ready does. On this single-threaded runtime the other
 /// task runs within a bounded number of hits; without the budget it would
 /// run only after the hitter ended (at worst, a starved key actor or timer
 /// blocks the hitter's own next miss, and the task never ends).
@@ -462,7 +462,7 @@ async fn a_task_that_only_hits_lets_the_other_tasks_on_its_worker_run() {
     let hits_before = hitter.await.unwrap();
     assert!(
         hits_before.is_some_and(|n| n < 2_000),
-        "the other task must run within 2,000 hits (a unit of coop budget per 8 hits, 128 units per poll); \
+        "the other task must run within 2,000 hits (a unit of coop budget per 8 calls, 128 units per poll); \
          it ran after {hits_before:?} (None: not within {LIMIT})"
     );
     assert_eq!(c.builds(), 1, "every call after the first is a hit");

@@ -259,9 +259,16 @@ fn hitters_that_outnumber_the_workers_do_not_stall_the_actors() {
         });
         let _ = done.send(counts);
     });
-    let Ok((builds, disposed, still_leased, counted)) = outcome.recv_timeout(Duration::from_secs(60)) else {
-        stop.store(true, SeqCst);
-        panic!("20 rotations did not end within 60 s while 8 tasks hit: the hitters starved the actors");
+    let (builds, disposed, still_leased, counted) = match outcome.recv_timeout(Duration::from_secs(60)) {
+        Ok(counts) => counts,
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+            stop.store(true, SeqCst);
+            panic!("20 rotations did not end within 60 s while 8 tasks hit: the hitters starved the actors");
+        }
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+            stop.store(true, SeqCst);
+            panic!("the runtime thread panicked (its message is printed above)");
+        }
     };
     assert_eq!(
         builds,
