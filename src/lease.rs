@@ -93,19 +93,25 @@ impl<T: Send + Sync + 'static> Instance<T> {
     /// Whether its freshness was last checked more than `interval` before
     /// `now`; if so, records `now` as its last check and returns true, for
     /// exactly one caller: every other caller sees it checked and is served.
+    ///
+    /// A zero `interval` makes every hand-out due, also one at the same
+    /// clock reading as the last check, and every caller claims it.
     pub(crate) fn claim_probe(&self, now: Instant, interval: Duration) -> bool {
         let now = self.nanos_since_created(now);
-        let interval = u64::try_from(interval.as_nanos()).unwrap_or(u64::MAX);
         let last = self.probed_at.load(Relaxed);
-        now.saturating_sub(last) > interval && self.probed_at.compare_exchange(last, now, Relaxed, Relaxed).is_ok()
+        Self::due(now, last, interval) && self.probed_at.compare_exchange(last, now, Relaxed, Relaxed).is_ok()
     }
 
     /// Whether the probe would be due at `now` (without claiming it).
     pub(crate) fn probe_due(&self, now: Instant, interval: Duration) -> bool {
+        Self::due(self.nanos_since_created(now), self.probed_at.load(Relaxed), interval)
+    }
+
+    /// The probe's rule: due once more than `interval` has passed since
+    /// the last check, and always for a zero interval.
+    fn due(now: u64, last: u64, interval: Duration) -> bool {
         let interval = u64::try_from(interval.as_nanos()).unwrap_or(u64::MAX);
-        self.nanos_since_created(now)
-            .saturating_sub(self.probed_at.load(Relaxed))
-            > interval
+        interval == 0 || now.saturating_sub(last) > interval
     }
 
     /// Whether it is older than `after` at `now` and no hit has asked for

@@ -172,6 +172,8 @@ pub(crate) enum SupervisorInternal<T: Send + Sync + 'static> {
     KeysShutDown {
         /// Instances the shutdown retired.
         retired: u64,
+        /// Whether a build was dropped at the deadline.
+        abandoned: bool,
     },
     /// The disposer has drained: answer every shutdown caller and stop.
     ShutdownDone {
@@ -266,6 +268,15 @@ pub(crate) enum KeyReport<T: Send + Sync + 'static> {
     },
 }
 
+/// A key actor's answer to `KeyMsg::Shutdown`.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct KeyShutdown {
+    /// Instances it retired for the shutdown.
+    pub(crate) retired: u64,
+    /// Whether it dropped a build at the deadline.
+    pub(crate) abandoned: bool,
+}
+
 /// What a `KeyMsg::Retire` retires.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum RetireTarget {
@@ -301,9 +312,15 @@ pub(crate) enum KeyMsg<T: Send + Sync + 'static> {
     },
     /// Finish builds, retire everything and stop (from the supervisor).
     Shutdown {
-        /// Receives the number of instances retired, when the actor is done.
-        reply: RpcReplyPort<u64>,
+        /// The shutdown's deadline: a build still running then is
+        /// abandoned (`None`: a deadline too far for the clock, never).
+        deadline: Option<Instant>,
+        /// Receives what the actor retired and abandoned, when it is done.
+        reply: RpcReplyPort<KeyShutdown>,
     },
+    /// The shutdown's deadline has passed: drop the build still running,
+    /// answer its waiters `ShutDown` and finish (from a timer).
+    Abandon,
     /// A build attempt finished (from the build task).
     BuildDone {
         /// Which attempt; an answer to an older attempt is ignored.

@@ -218,7 +218,7 @@ impl<T: Send + Sync + 'static> Pool<T> {
         }
         // The hit path: the read view, no actor involved. Counted once
         // served: a call whose probe finds the instance stale is a miss.
-        if let Some(lease) = self.view_lease(key, hash).await {
+        if let Some(lease) = self.view_lease(key, hash).await? {
             shared.metrics.hits.add(1);
             return Ok(lease);
         }
@@ -264,11 +264,13 @@ impl<T: Send + Sync + 'static> Pool<T> {
 
     /// A lease from the read view, if it may serve this call: a hit, with
     /// the refresh-ahead request and the freshness probe it may bring.
-    async fn view_lease(&self, key: &str, hash: CredentialsHash) -> Option<Lease<T>> {
+    async fn view_lease(&self, key: &str, hash: CredentialsHash) -> Result<Option<Lease<T>>, PoolError> {
         let shared = &self.inner.shared;
-        let lease = shared.view.hit(key, hash, shared.settings.time_to_idle)?;
-        match self.hand_out(lease) {
-            HandOut::Serve(lease) => Some(lease),
+        let Some(lease) = shared.view.hit(key, hash, shared.settings.time_to_idle) else {
+            return Ok(None);
+        };
+        match self.hand_out(lease, None) {
+            HandOut::Serve(lease) => Ok(Some(lease)),
             HandOut::Probe(lease) => self.run_probe(lease).await,
         }
     }
@@ -288,10 +290,11 @@ impl<T: Send + Sync + 'static> Pool<T> {
         // Kept only when a stale probe may need a second round trip: the
         // miss path otherwise hands its only reference to the actors.
         let spare = shared.probe.is_some().then(|| factory.clone());
+        let asked = tokio::time::Instant::now();
         let lease = self.ask(key, hash, ttl, factory, attempts, counted).await??;
-        match self.hand_out(lease) {
+        match self.hand_out(lease, Some(asked)) {
             HandOut::Serve(lease) => Ok(lease),
-            HandOut::Probe(lease) => match self.run_probe(lease).await {
+            HandOut::Probe(lease) => match self.run_probe(lease).await? {
                 Some(lease) => Ok(lease),
                 // Retired as stale: what the key serves next is a build that
                 // starts now (or one a concurrent caller just started), so
@@ -315,7 +318,10 @@ impl<T: Send + Sync + 'static> Pool<T> {
 
     /// What a caller must do before it is served `lease`: nothing, or run
     /// the freshness probe. Asks for a refresh-ahead rebuild on the way.
-    fn hand_out(&self, lease: Lease<T>) -> HandOut<T> {
+    /// `asked`: when the caller asked the actors, if it did; an instance
+    /// built since then was built for this call (or alongside it), and a
+    /// build counts as a check, so it is not probed.
+    fn hand_out(&self, lease: Lease<T>, asked: Option<tokio::time::Instant>) -> HandOut<T> {
         let shared = &self.inner.shared;
         let settings = &shared.settings;
         if settings.refresh_after.is_none() && shared.probe.is_none() {
@@ -336,7 +342,8 @@ impl<T: Send + Sync + 'static> Pool<T> {
                 .into(),
             );
         }
-        if shared.probe.is_some() && instance.claim_probe(now, settings.probe_interval) {
+        let built_for_this_call = asked.is_some_and(|asked| instance.created_at >= asked);
+        if shared.probe.is_some() && !built_for_this_call && instance.claim_probe(now, settings.probe_interval) {
             HandOut::Probe(lease)
         } else {
             HandOut::Serve(lease)
@@ -345,8 +352,9 @@ impl<T: Send + Sync + 'static> Pool<T> {
 
     /// Runs the freshness probe on `lease`'s instance: `Some(lease)` when it
     /// may be served (fresh, or the probe failed, which counts as fresh),
-    /// `None` when it was stale and has been retired.
-    async fn run_probe(&self, lease: Lease<T>) -> Option<Lease<T>> {
+    /// `None` when it was stale and has been retired; `ShutDown` when the
+    /// pool's shutdown ended first.
+    async fn run_probe(&self, lease: Lease<T>) -> Result<Option<Lease<T>>, PoolError> {
         let shared = &self.inner.shared;
         let probe = shared.probe.clone().expect("called only with a probe");
         Metrics::bump(&shared.metrics.probes);
@@ -357,12 +365,20 @@ impl<T: Send + Sync + 'static> Pool<T> {
                 Err(panic) => Err(panic),
             }
         };
-        let outcome = match shared.settings.probe_timeout {
-            Some(limit) => tokio::time::timeout(limit, run).await.ok(),
-            None => Some(run.await),
+        let bounded = async {
+            match shared.settings.probe_timeout {
+                Some(limit) => tokio::time::timeout(limit, run).await.ok(),
+                None => Some(run.await),
+            }
+        };
+        // A shutdown does not wait for probes: once it is over, the probe's
+        // future is dropped and the call answered `ShutDown`.
+        let outcome = tokio::select! {
+            outcome = bounded => outcome,
+            () = shared.lifecycle.closed() => return Err(PoolError::ShutDown),
         };
         let failure = match outcome {
-            Some(Ok(Ok(true))) => return Some(lease),
+            Some(Ok(Ok(true))) => return Ok(Some(lease)),
             Some(Ok(Ok(false))) => {
                 tracing::debug!(key = %lease.key(), instance = %lease.instance_id(), "freshness probe: stale");
                 let instance = lease.instance_id();
@@ -381,7 +397,7 @@ impl<T: Send + Sync + 'static> Pool<T> {
                         .into()
                     })
                     .await;
-                return None;
+                return Ok(None);
             }
             Some(Ok(Err(error))) => error.to_string(),
             Some(Err(panic)) => format!("panicked: {}", panic_message(&*panic)),
@@ -389,7 +405,7 @@ impl<T: Send + Sync + 'static> Pool<T> {
         };
         Metrics::bump(&shared.metrics.probe_failures);
         tracing::warn!(key = %lease.key(), failure = %failure, "freshness probe failed; the instance counts as fresh");
-        Some(lease)
+        Ok(Some(lease))
     }
 
     /// Returns a lease on `key`'s instance if one may be served to a caller
@@ -621,7 +637,9 @@ impl<T: Send + Sync + 'static> Pool<T> {
 
     /// Retires every key that starts with `prefix` (a plain string prefix:
     /// `"acme:"` matches `"acme:openai"` but not `"acmex:openai"`), in
-    /// O(log N + matches). Returns how many resident keys matched. Once this
+    /// O(log N + matches). Returns how many resident keys it retired (a key
+    /// an earlier invalidation or eviction is still retiring is not counted
+    /// again). Once this
     /// returns, no call that starts gets any of their old instances, nor one
     /// from a build that was in flight: the supervisor removes them from the
     /// read view (and fences the keys against late publishes) before it
@@ -649,10 +667,22 @@ impl<T: Send + Sync + 'static> Pool<T> {
     /// New calls are refused with [`PoolError::ShutDown`] from now on; the
     /// sweep stops; builds in flight finish (or hit `create_timeout`) and
     /// their waiters are served; every instance is retired; then the pool
-    /// waits up to `deadline` for dispose hooks to finish. Instances still
-    /// leased are named in the report and disposed when their last lease is
-    /// dropped. Calling it again (or from another handle) waits for the same
-    /// shutdown and gets the same report.
+    /// waits for dispose hooks to finish. Instances still leased are named
+    /// in the report and disposed when their last lease is dropped. Calling
+    /// it again (or from another handle) waits for the same shutdown and
+    /// gets the same report; a call made after it returned gets
+    /// [`PoolError::ShutDown`], as every other call then does.
+    ///
+    /// It returns by `deadline`, counted from this call (plus scheduling),
+    /// whatever user code does: a build still running at the deadline is
+    /// dropped (its factory's future with it) and its waiters get
+    /// `ShutDown`; a call waiting on its freshness probe gets `ShutDown`
+    /// and the probe's future is dropped; dispose hooks get what is left of
+    /// the deadline and go on in the background after it
+    /// ([`ShutdownReport::disposals_pending`]).
+    /// [`ShutdownReport::deadline_passed`] says whether the deadline cut
+    /// anything short. A deadline too long for the clock waits for
+    /// everything.
     pub async fn shutdown(&self, deadline: Duration) -> Result<ShutdownReport, PoolError> {
         self.call(None, |reply| SupervisorMsg::Shutdown {
             deadline,
@@ -1079,7 +1109,8 @@ impl<T: Send + Sync + 'static> PoolBuilder<T> {
 
     /// How long a checked instance counts as fresh before it is probed
     /// again (see [`probe`](Self::probe)). Defaults to 10 s; zero probes
-    /// before every hand-out by the call that claims it.
+    /// every hand-out of an existing instance, each by its own call (the
+    /// calls served by a build are not probed: a build counts as a check).
     pub fn probe_interval(mut self, interval: Duration) -> Self {
         self.settings.probe_interval = interval;
         self

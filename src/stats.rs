@@ -75,7 +75,14 @@ pub(crate) struct Metrics {
     pub(crate) misses: AtomicU64,
     pub(crate) builds: AtomicU64,
     pub(crate) build_failures: AtomicU64,
+    /// Factory calls under way: up as an attempt starts, down as its
+    /// future ends (returns, times out, panics or is dropped), before the
+    /// key actor hears of it. Exact, so exported as a gauge.
     pub(crate) builds_in_flight: AtomicU64,
+    /// Build tasks whose end the disposer has not handled yet: while any
+    /// is left, an instance may still reach it (see
+    /// `DisposerMsg::BuildEnded`). Lags `builds_in_flight` by a message.
+    pub(crate) build_tasks: AtomicU64,
     pub(crate) retired: [AtomicU64; 9],
     pub(crate) disposals: AtomicU64,
     pub(crate) dispose_failures: AtomicU64,
@@ -441,6 +448,7 @@ pub struct ShutdownReport {
     pub still_leased: Vec<String>,
     /// Dispose hooks still running when the deadline passed.
     pub disposals_pending: u64,
-    /// Whether the deadline passed before every dispose finished.
+    /// Whether the deadline cut the shutdown short: a build still running
+    /// was dropped, or a dispose hook was still running.
     pub deadline_passed: bool,
 }

@@ -70,6 +70,12 @@ pub(crate) struct Published {
 /// Hand-outs within this long of the recorded last use do not write it.
 const TOUCH_GRANULARITY_NS: u64 = 1_000_000;
 
+/// How many times a hit looks up a key again when the instance it found
+/// was retired meanwhile (a swap in progress; see `ReadView::hit_if`).
+/// Bounded, so that a key swapped without pause cannot keep a reader
+/// looping; past it the caller asks the key actor.
+const SWAP_LOOKS: usize = 2;
+
 /// A deadline past the end of the view's clock.
 const NEVER: u64 = u64::MAX;
 
@@ -266,12 +272,32 @@ impl<T: Send + Sync + 'static> ReadView<T> {
         // The lease is taken first: the checks below then read the line the
         // upgrade brought in. One that fails drops it again; if the key
         // actor let go of the instance meanwhile, that disposes it.
-        let instance = map.get(key)?.live()?.upgrade()?;
+        //
+        // The retirement flag is checked after taking the lease: a
+        // retirement that flagged the instance before this point is seen
+        // here (see the module docs). A swap (a refresh) publishes the new
+        // instance before it flags the old one and lets go of it, so a
+        // reader that found the old slot just before the swap, and then
+        // sees its instance flagged or gone, finds the new one by looking
+        // once more; it looks again only while the slot keeps changing.
+        let mut found = map.get(key)?.live()?;
+        let mut looks = 0;
+        let instance = loop {
+            match found.upgrade() {
+                Some(instance) if !instance.is_retired() => break instance,
+                _ if looks == SWAP_LOOKS => return None,
+                _ => {}
+            }
+            looks += 1;
+            let again = map.get(key)?.live()?;
+            if std::ptr::eq(again.as_ptr(), found.as_ptr()) {
+                return None;
+            }
+            found = again;
+        };
         let at = Instant::now();
         let now = self.nanos(at);
-        // Checked after taking the lease: a retirement that flagged the
-        // instance before this point is seen here (see the module docs).
-        if instance.published.refusal(hash, now, idle).is_some() || instance.is_retired() || !admit(&instance, at) {
+        if instance.published.refusal(hash, now, idle).is_some() || !admit(&instance, at) {
             return None;
         }
         instance.published.touch(now);

@@ -400,3 +400,68 @@ async fn a_hit_on_an_instance_retired_while_its_key_stays_still_counts_for_lru()
     assert_eq!(s.retirements.capacity, 1, "one eviction");
     assert_eq!(s.keys, strings(&["k", "third"]), "\"k\" stays");
 }
+
+/// With no lease held, a new key in a full pool whose keys were all hit
+/// since the supervisor last looked evicts the least recently used one at
+/// once: no overshoot, nothing left for a sweep tick.
+#[tokio::test(start_paused = true)]
+async fn a_full_pool_whose_keys_were_all_hit_since_evicts_at_once() {
+    let c = Counters::new();
+    let pool = pool(&c, 1_000).await;
+    let keys: Vec<String> = (0..1_000).map(|i| format!("k{i:04}")).collect();
+    for key in &keys {
+        drop(get(&pool, &c, key).await);
+    }
+    // A hit on each, in order, through the read view: k0000 is still the
+    // least recently used key, and every key was touched since it was
+    // recorded.
+    tokio::time::advance(Duration::from_millis(5)).await;
+    for key in &keys {
+        drop(get(&pool, &c, key).await);
+    }
+    assert_eq!(c.builds(), 1_000, "the second round only hit");
+
+    drop(get(&pool, &c, "new").await);
+    eventually("the LRU key is disposed", async || c.disposed() == 1).await;
+    settle().await;
+    let s = pool.stats().await.unwrap();
+    assert_eq!(
+        (s.size, s.retirements.capacity, s.capacity_overshoot),
+        (1_000, 1, 0),
+        "back at the cap at once, with no overshoot"
+    );
+    assert_eq!(disposed_keys(&c), ["k0000"], "the least recently used key goes");
+}
+
+/// Under steady traffic (every resident key hit between two admissions)
+/// and no lease held, each admission evicts one key: the pool never
+/// exceeds its cap and never counts an overshoot.
+#[tokio::test(start_paused = true)]
+async fn steady_traffic_to_every_key_never_exceeds_the_cap() {
+    let c = Counters::new();
+    let cap = 100;
+    let pool = pool(&c, cap).await;
+    let mut resident: std::collections::VecDeque<String> = std::collections::VecDeque::new();
+    for i in 0..400 {
+        // Hit every resident key, oldest first, then admit a new one.
+        tokio::time::advance(Duration::from_millis(2)).await;
+        for key in &resident {
+            drop(get(&pool, &c, key).await);
+        }
+        let key = format!("k{i:04}");
+        drop(get(&pool, &c, &key).await);
+        resident.push_back(key);
+        if resident.len() > cap {
+            let oldest = resident.pop_front().unwrap();
+            eventually("the oldest key is evicted", async || {
+                disposed_keys(&c).last() == Some(&oldest)
+            })
+            .await;
+        }
+        let s = pool.stats().await.unwrap();
+        assert!(s.size <= cap, "round {i}: {} resident over a cap of {cap}", s.size);
+        assert_eq!(s.capacity_overshoot, 0, "round {i}: no key is leased, so no overshoot");
+    }
+    assert_eq!(c.builds(), 400, "every hit was a hit");
+    assert_eq!(c.disposed(), 300, "one eviction per admission past the cap");
+}

@@ -147,7 +147,7 @@ async fn a_follower_is_not_served_what_a_prefix_invalidation_fenced() {
 
 /// Followers waiting through a shutdown are answered with their build's
 /// outcome (here the leader's timeout, as every waiter of a hanging build
-/// is), never left waiting.
+/// is, since the shutdown's deadline is later), never left waiting.
 #[tokio::test(start_paused = true)]
 async fn followers_waiting_through_a_shutdown_share_the_builds_timeout() {
     let c = Counters::new();
@@ -162,7 +162,7 @@ async fn followers_waiting_through_a_shutdown_share_the_builds_timeout() {
     assert_eq!(c.builds(), 1);
     let shutdown = {
         let pool = pool.clone();
-        tokio::spawn(async move { pool.shutdown(SEC).await })
+        tokio::spawn(async move { pool.shutdown(5 * SEC).await })
     };
     settle().await;
     tokio::time::advance(2 * SEC).await;

@@ -476,3 +476,32 @@ async fn shutdown_right_after_prefix_invalidation_keeps_the_invalidated_count() 
         "the shutdown found nothing left to retire (all 40 were invalidated before it)"
     );
 }
+
+/// `invalidate_by_prefix` returns the number of resident keys it retired:
+/// keys a previous invalidation already retired, whose actors have not
+/// stopped yet, are not counted again; keys rebuilt since are.
+#[tokio::test(start_paused = true)]
+async fn invalidate_by_prefix_counts_only_the_resident_keys_it_retired() {
+    let c = Counters::new();
+    let pool = builder(&c).sweep_interval(Duration::ZERO).spawn().await.unwrap();
+    let tenant = fill(&pool, &c, "t:", 40).await;
+    assert_eq!(pool.invalidate_by_prefix("t:").await.unwrap(), 40);
+    // No time passes: most retirements are still paced, their actors alive.
+    assert_eq!(
+        pool.invalidate_by_prefix("t:").await.unwrap(),
+        0,
+        "nothing resident is left under t:"
+    );
+    for (key, _) in tenant.iter().take(3) {
+        drop(get(&pool, &c, key).await);
+    }
+    assert_eq!(
+        pool.invalidate_by_prefix("t:").await.unwrap(),
+        3,
+        "the 3 keys rebuilt since"
+    );
+    within(20 * MS, "all 43 instances disposed", async || c.disposed() == 43).await;
+    settle().await;
+    let s = pool.stats().await.unwrap();
+    assert_eq!((s.size, s.retirements.invalidated, c.builds()), (0, 43, 43));
+}

@@ -156,3 +156,72 @@ async fn retire_during_a_pending_prefix_invalidation_and_after_shutdown() {
     assert!(!pool.retire(&last).await, "shut down: the shutdown retired it");
     assert!(matches!(pool.stats().await, Err(PoolError::ShutDown)));
 }
+
+/// Once `get_or_create` returned a lease, a `get` for the same key and hash
+/// that starts afterwards finds it: the key actor publishes an instance
+/// before it answers anyone waiting on its build. Real threads, 2,000 fresh
+/// keys, every wait bounded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_right_after_get_or_create_returns_the_instance_just_handed_out() {
+    let c = Counters::new();
+    let pool = builder(&c).max_entries(0).spawn().await.unwrap();
+    let mut missed = 0;
+    for round in 0..2_000 {
+        let key = format!("k{round}");
+        let lease = common::bounded(
+            SEC * 10,
+            "get_or_create",
+            pool.get_or_create(&key, h(1), factory(&c, &key, h(1), Duration::ZERO)),
+        )
+        .await
+        .unwrap();
+        match pool.get(&key, h(1)) {
+            Some(found) => assert!(Lease::ptr_eq(&found, &lease), "round {round}: the same instance"),
+            None => missed += 1,
+        }
+    }
+    assert_eq!(missed, 0, "get missed an instance a caller had just been handed");
+    assert_eq!(c.builds(), 2_000);
+}
+
+/// While a resident key is only being refreshed (no retirement), `get`
+/// sees the old instance or the new one, never neither. Real threads: a
+/// reader loops on `get` while 300 refreshes swap the instance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_during_refresh_swaps_sees_the_old_or_the_new_instance() {
+    let c = Counters::new();
+    let pool = builder(&c).spawn().await.unwrap();
+    drop(
+        pool.get_or_create("k", h(1), factory(&c, "k", h(1), Duration::ZERO))
+            .await
+            .unwrap(),
+    );
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (pool, stop) = (pool.clone(), stop.clone());
+        tokio::spawn(async move {
+            let (mut seen, mut missed) = (0u64, 0u64);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match pool.get("k", h(1)) {
+                    Some(_) => seen += 1,
+                    None => missed += 1,
+                }
+                tokio::task::coop::consume_budget().await;
+            }
+            (seen, missed)
+        })
+    };
+    for _ in 0..300 {
+        assert!(common::bounded(SEC * 10, "refresh", pool.refresh("k")).await.unwrap());
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (seen, missed) = common::bounded(SEC * 10, "the reader", reader).await.unwrap();
+    assert!(seen > 0, "the reader ran");
+    assert_eq!(
+        missed,
+        0,
+        "{missed} of {} lookups found neither instance",
+        seen + missed
+    );
+    assert_eq!(c.builds(), 301);
+}

@@ -226,3 +226,59 @@ async fn a_get_refused_for_a_due_probe_is_not_a_use_for_lru() {
     assert_eq!(keys, vec!["b".to_string(), "c".to_string()]);
     assert_eq!((c.builds(), probes.load(SeqCst)), (3, 0));
 }
+
+/// A pool whose probe answers `verdict` at once, probing before every
+/// hand-out (`probe_interval(0)`), counting calls in `probes`.
+async fn probe_every_hand_out(c: &Arc<Counters>, probes: &Arc<AtomicUsize>, fresh: bool) -> Pool<Client> {
+    let probes = probes.clone();
+    builder(c)
+        .probe_interval(Duration::ZERO)
+        .probe(move |_lease: Lease<Client>| {
+            probes.fetch_add(1, SeqCst);
+            async move { Ok::<_, std::io::Error>(fresh) }
+        })
+        .spawn()
+        .await
+        .unwrap()
+}
+
+/// With `probe_interval(0)`, every hand-out of an existing instance is
+/// probed, also two at the same clock reading as the last check.
+#[tokio::test(start_paused = true)]
+async fn a_zero_probe_interval_probes_every_hand_out() {
+    let (c, probes) = (Counters::new(), Arc::new(AtomicUsize::new(0)));
+    let pool = probe_every_hand_out(&c, &probes, true).await;
+    assert_eq!(get(&pool, &c).await.serial, 1);
+    assert_eq!(
+        probes.load(SeqCst),
+        0,
+        "a build counts as the check of its own hand-out"
+    );
+    for n in 1..=3 {
+        assert_eq!(get(&pool, &c).await.serial, 1);
+        assert_eq!(
+            probes.load(SeqCst),
+            n,
+            "hand-out {n} at the same clock reading is probed"
+        );
+    }
+    assert_eq!(c.builds(), 1);
+}
+
+/// `try_get_with` with `probe_interval(0)` and a probe that answers stale
+/// is served the instance its own build just made (a build counts as a
+/// check), on the real clock where time passes between build and hand-out.
+#[tokio::test]
+async fn try_get_with_is_served_its_own_build_under_a_zero_probe_interval() {
+    let (c, probes) = (Counters::new(), Arc::new(AtomicUsize::new(0)));
+    let pool = probe_every_hand_out(&c, &probes, false).await;
+    for round in 1..=20 {
+        let f = factory(&c, "k", h(1), Duration::from_millis(1));
+        let lease = pool.try_get_with("k", h(1), f()).await;
+        let lease = lease.unwrap_or_else(|e| panic!("round {round}: {e:?}"));
+        assert_eq!(lease.serial, round, "its own build");
+        // Retire it so that the next round builds again.
+        assert!(pool.retire(&lease).await);
+    }
+    assert_eq!(probes.load(SeqCst), 0, "no instance was probed on its builder's call");
+}

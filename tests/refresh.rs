@@ -502,3 +502,35 @@ async fn a_refresh_is_not_a_use_of_the_key() {
     let s = pool.stats().await.unwrap();
     assert_eq!(s.keys, vec!["b".to_string(), "c".to_string()]);
 }
+
+/// A key invalidated after `refresh_version(k, 5)` starts again at version
+/// 0, also for a call that reaches its actor before the actor stops: a
+/// later `refresh_version(k, 3)` rebuilds.
+#[tokio::test(start_paused = true)]
+async fn an_invalidated_key_starts_again_at_version_zero_even_before_its_actor_stops() {
+    let c = Counters::new();
+    let pool = builder(&c).sweep_interval(Duration::ZERO).spawn().await.unwrap();
+    drop(
+        pool.get_or_create("k", h(1), factory(&c, "k", h(1), Duration::ZERO))
+            .await
+            .unwrap(),
+    );
+    assert!(pool.refresh_version("k", 5).await.unwrap());
+    assert_eq!(pool.get("k", h(1)).unwrap().version(), 5);
+
+    // The call is sent right behind the invalidation (with other
+    // credentials, so that it misses the read view, which still holds the
+    // instance until the invalidation reaches the actor), so it reaches
+    // the key actor before that actor reports itself idle and is stopped.
+    let (invalidated, lease) = tokio::join!(
+        pool.invalidate("k"),
+        pool.get_or_create("k", h(2), factory(&c, "k", h(2), Duration::ZERO))
+    );
+    assert!(invalidated.unwrap());
+    let lease = lease.unwrap();
+    assert_eq!(lease.version(), 0, "the key left the pool: version 0 again");
+    drop(lease);
+    assert!(pool.refresh_version("k", 3).await.unwrap(), "3 is newer than 0");
+    assert_eq!(pool.get("k", h(2)).unwrap().version(), 3);
+    assert_eq!(c.builds(), 4);
+}

@@ -142,7 +142,7 @@ async fn leases_held_at_shutdown_are_reported_and_disposed_later() {
     );
 }
 
-/// A build in flight at shutdown finishes and its waiter gets the lease (retired at once, disposed on drop); callers arriving meanwhile get `ShutDown`.
+/// A build in flight at shutdown finishes within the deadline and its waiter gets the lease (retired at once, disposed on drop); callers arriving meanwhile get `ShutDown`.
 #[tokio::test(start_paused = true)]
 async fn build_in_flight_finishes_during_shutdown() {
     let c = Counters::new();
@@ -160,7 +160,7 @@ async fn build_in_flight_finishes_during_shutdown() {
 
     let shutdown = {
         let pool = pool.clone();
-        tokio::spawn(async move { pool.shutdown(Duration::from_secs(1)).await })
+        tokio::spawn(async move { pool.shutdown(Duration::from_secs(10)).await })
     };
     settle().await;
     assert!(!shutdown.is_finished(), "shutdown did not wait for the build in flight");
@@ -199,7 +199,7 @@ async fn build_in_flight_finishes_during_shutdown() {
     assert_eq!(c.builds(), 1);
 }
 
-/// Shutdown with two leases held, a slow build in flight and a hanging one: the slow waiter gets its lease, the hanging one times out, the report names every leased key, and each instance is disposed exactly once after the leases drop.
+/// Shutdown with two leases held, a slow build in flight and a hanging one, within a deadline longer than `create_timeout`: the slow waiter gets its lease, the hanging one times out, the report names every leased key, and each instance is disposed exactly once after the leases drop.
 #[tokio::test(start_paused = true)]
 async fn shutdown_amid_builds_and_leases_accounts_for_every_instance() {
     let c = Counters::new();
@@ -234,7 +234,7 @@ async fn shutdown_amid_builds_and_leases_accounts_for_every_instance() {
 
     let shutdown = {
         let pool = pool.clone();
-        tokio::spawn(async move { pool.shutdown(Duration::from_secs(1)).await })
+        tokio::spawn(async move { pool.shutdown(Duration::from_secs(10)).await })
     };
     settle().await;
     assert_eq!(c.disposed(), 1, "the unleased t:c is disposed at once");
@@ -423,11 +423,11 @@ async fn concurrent_shutdowns_both_get_the_report() {
 
     let first = {
         let pool = pool.clone();
-        tokio::spawn(async move { pool.shutdown(Duration::from_secs(1)).await })
+        tokio::spawn(async move { pool.shutdown(Duration::from_secs(5)).await })
     };
     let second = {
         let pool = pool.clone();
-        tokio::spawn(async move { pool.shutdown(Duration::from_secs(1)).await })
+        tokio::spawn(async move { pool.shutdown(Duration::from_secs(5)).await })
     };
     settle().await;
     assert!(
@@ -494,4 +494,186 @@ async fn dropping_last_handle_disposes_everything() {
     let mut disposed = c.disposed_keys.lock().unwrap().clone();
     disposed.sort();
     assert_eq!(disposed, keys);
+}
+
+/// Sets a flag when dropped: tells that the pool dropped a future it abandoned.
+struct DropFlag(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for DropFlag {
+    fn drop(&mut self) {
+        self.0.store(true, SeqCst);
+    }
+}
+
+/// A factory that never returns, counting calls; its future sets `dropped`
+/// when the pool drops it.
+fn hanging_flagged(c: &Arc<Counters>, dropped: &Arc<std::sync::atomic::AtomicBool>) -> ClientFactory {
+    let (c, dropped) = (c.clone(), dropped.clone());
+    Box::new(move || {
+        c.builds.fetch_add(1, SeqCst);
+        let flag = DropFlag(dropped.clone());
+        Box::pin(async move {
+            let _flag = flag;
+            futures::future::pending::<Result<Client, std::io::Error>>().await
+        })
+    })
+}
+
+/// With `create_timeout(0)` (unbounded) and a factory that never returns,
+/// `shutdown(1 s)` returns at its deadline and says so; the waiting caller
+/// gets `ShutDown` and the factory's future is dropped.
+#[tokio::test(start_paused = true)]
+async fn shutdown_returns_by_its_deadline_past_a_factory_that_never_returns() {
+    let c = Counters::new();
+    let dropped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let pool = builder(&c).create_timeout(Duration::ZERO).spawn().await.unwrap();
+    let waiter = {
+        let (pool, f) = (pool.clone(), hanging_flagged(&c, &dropped));
+        tokio::spawn(async move { pool.get_or_create("k", h(1), f).await })
+    };
+    settle().await;
+    let started = tokio::time::Instant::now();
+    let report = bounded(
+        Duration::from_secs(60),
+        "shutdown",
+        pool.shutdown(Duration::from_secs(1)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(started.elapsed(), Duration::from_secs(1), "returned at its deadline");
+    assert!(report.deadline_passed, "{report:?}");
+    let err = bounded(Duration::from_secs(1), "the waiter", waiter)
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(matches!(err, PoolError::ShutDown), "{err:?}");
+    eventually("the abandoned factory future is dropped", async || dropped.load(SeqCst)).await;
+    let s = pool.counters().await;
+    assert!(matches!(s, Err(PoolError::ShutDown)), "{s:?}");
+    assert_eq!(c.builds(), 1);
+}
+
+/// With `create_timeout(3 s)`, `shutdown(200 ms)` returns after 200 ms, not
+/// 3 s, and reports that the deadline passed; the waiter gets `ShutDown`.
+#[tokio::test(start_paused = true)]
+async fn shutdown_does_not_wait_for_create_timeout_past_its_deadline() {
+    let c = Counters::new();
+    let dropped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let pool = builder(&c)
+        .create_timeout(Duration::from_secs(3))
+        .spawn()
+        .await
+        .unwrap();
+    let waiter = {
+        let (pool, f) = (pool.clone(), hanging_flagged(&c, &dropped));
+        tokio::spawn(async move { pool.get_or_create("k", h(1), f).await })
+    };
+    settle().await;
+    let started = tokio::time::Instant::now();
+    let report = bounded(
+        Duration::from_secs(60),
+        "shutdown",
+        pool.shutdown(Duration::from_millis(200)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(started.elapsed(), Duration::from_millis(200));
+    assert!(report.deadline_passed, "{report:?}");
+    assert_eq!(report.retired, 0, "nothing was built");
+    let err = bounded(Duration::from_secs(1), "the waiter", waiter)
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(matches!(err, PoolError::ShutDown), "{err:?}");
+    assert!(dropped.load(SeqCst), "the factory's future was dropped");
+    assert_eq!(c.builds(), 1);
+}
+
+/// With `probe_timeout(0)` and a probe that never ends, the probed call
+/// is answered `ShutDown` once `shutdown` has returned, and the probe's
+/// future is dropped.
+#[tokio::test(start_paused = true)]
+async fn a_probe_that_never_ends_does_not_outlive_shutdown() {
+    let c = Counters::new();
+    let dropped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = dropped.clone();
+    let pool = builder(&c)
+        .probe(move |_lease| {
+            let flag = DropFlag(flag.clone());
+            async move {
+                let _flag = flag;
+                futures::future::pending::<Result<bool, std::io::Error>>().await
+            }
+        })
+        .probe_interval(Duration::from_secs(1))
+        .probe_timeout(Duration::ZERO)
+        .spawn()
+        .await
+        .unwrap();
+    drop(get(&pool, &c, "k").await);
+    tokio::time::advance(Duration::from_secs(2)).await;
+    let probed = {
+        let (pool, c) = (pool.clone(), c.clone());
+        tokio::spawn(async move {
+            pool.get_or_create("k", h(1), factory(&c, "k", h(1), Duration::ZERO))
+                .await
+        })
+    };
+    settle().await;
+    assert!(!probed.is_finished(), "the call waits on its probe");
+    let report = bounded(
+        Duration::from_secs(60),
+        "shutdown",
+        pool.shutdown(Duration::from_secs(1)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.retired, 1);
+    let err = bounded(Duration::from_millis(10), "the probed call", probed)
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(matches!(err, PoolError::ShutDown), "{err:?}");
+    assert!(dropped.load(SeqCst), "the probe's future was dropped");
+    eventually("the instance is disposed once the probe let go of it", async || {
+        c.disposed() == 1
+    })
+    .await;
+}
+
+/// `stats()` and `counters()` called after `shutdown()` returned get
+/// `ShutDown` (contract 9), on real threads with 48 tasks calling `stats`
+/// throughout; 100 rounds, every wait bounded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_after_shutdown_returned_is_refused() {
+    for round in 0..100 {
+        let c = Counters::new();
+        let pool = builder(&c).spawn().await.unwrap();
+        drop(get(&pool, &c, "k").await);
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let storm: Vec<_> = (0..48)
+            .map(|_| {
+                let (pool, stop) = (pool.clone(), stop.clone());
+                tokio::spawn(async move { while !stop.load(SeqCst) && pool.stats().await.is_ok() {} })
+            })
+            .collect();
+        bounded(
+            Duration::from_secs(10),
+            "shutdown",
+            pool.shutdown(Duration::from_secs(1)),
+        )
+        .await
+        .unwrap();
+        let stats = bounded(Duration::from_secs(10), "stats", pool.stats()).await;
+        assert!(matches!(stats, Err(PoolError::ShutDown)), "round {round}: {stats:?}");
+        let counters = bounded(Duration::from_secs(10), "counters", pool.counters()).await;
+        assert!(
+            matches!(counters, Err(PoolError::ShutDown)),
+            "round {round}: {counters:?}"
+        );
+        stop.store(true, SeqCst);
+        for task in storm {
+            bounded(Duration::from_secs(10), "a stats task", task).await.unwrap();
+        }
+    }
 }

@@ -120,3 +120,54 @@ fn counters_are_send_sync_clone() {
     assert_value::<warmpool::Counters>();
     assert_value::<warmpool::Stats>();
 }
+
+/// An instance whose drop blocks its thread for a while: keeps the
+/// disposer (which drops instances that have no dispose hook) busy.
+struct SlowDrop(Duration);
+
+impl Drop for SlowDrop {
+    fn drop(&mut self) {
+        std::thread::sleep(self.0);
+    }
+}
+
+/// `builds_in_flight` counts factory calls under way, exactly: once a
+/// caller got the instance its build made, the gauge is back at 0, even
+/// while the disposer is busy with something else. Real threads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn builds_in_flight_is_zero_once_the_build_answered_while_the_disposer_is_busy() {
+    let limit = Duration::from_secs(10);
+    let pool: warmpool::Pool<SlowDrop> = warmpool::Pool::builder().spawn().await.unwrap();
+    for round in 0..5 {
+        let slow = format!("slow{round}");
+        let lease = bounded(
+            limit,
+            "build",
+            pool.get_or_create(&slow, h(1), || async {
+                Ok::<_, std::io::Error>(SlowDrop(Duration::from_millis(300)))
+            }),
+        )
+        .await
+        .unwrap();
+        drop(lease);
+        // The disposer now drops it, blocking for 300 ms.
+        assert!(bounded(limit, "invalidate", pool.invalidate(&slow)).await.unwrap());
+        let fast = format!("fast{round}");
+        let lease = bounded(
+            limit,
+            "build",
+            pool.get_or_create(&fast, h(1), || async {
+                Ok::<_, std::io::Error>(SlowDrop(Duration::ZERO))
+            }),
+        )
+        .await
+        .unwrap();
+        let counters = bounded(limit, "counters", pool.counters()).await.unwrap();
+        assert_eq!(
+            counters.builds_in_flight, 0,
+            "round {round}: no factory call is under way"
+        );
+        drop(lease);
+    }
+    bounded(limit, "shutdown", pool.shutdown(limit)).await.unwrap();
+}

@@ -41,10 +41,10 @@ pub(crate) enum DisposerMsg<T: Send + Sync + 'static> {
         /// The instance.
         value: T,
     },
-    /// A factory call ended (from its build task, after tracking the
-    /// instance it built, if any): the disposer decrements
-    /// `builds_in_flight`, so a closing disposer that reads zero has seen
-    /// every instance, and re-checks whether it may stop.
+    /// A build task ended (from the task, after tracking the instance it
+    /// built, if any, or as it is dropped): the disposer decrements
+    /// `build_tasks`, so a closing disposer that reads zero has seen every
+    /// instance, and re-checks whether it may stop.
     BuildEnded,
     /// A hook finished (from the hook's task).
     Done {
@@ -239,7 +239,7 @@ impl<T: Send + Sync + 'static> Actor for DisposerActor<T> {
             }
             DisposerMsg::Close => state.closing = true,
             DisposerMsg::BuildEnded => {
-                state.args.metrics.builds_in_flight.fetch_sub(1, Relaxed);
+                state.args.metrics.build_tasks.fetch_sub(1, Relaxed);
             }
         }
         if state.running == 0
@@ -249,7 +249,7 @@ impl<T: Send + Sync + 'static> Actor for DisposerActor<T> {
         }
         // Builds still in flight may yet produce instances to dispose (the
         // supervisor can be gone while their tasks run): wait for them too.
-        let building = state.args.metrics.builds_in_flight.load(Relaxed);
+        let building = state.args.metrics.build_tasks.load(Relaxed);
         if state.closing && state.running == 0 && state.live.is_empty() && building == 0 {
             myself.stop(None);
         }

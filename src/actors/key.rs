@@ -18,7 +18,8 @@ use crate::factory::Attempts;
 use crate::hash::CredentialsHash;
 use crate::lease::{Instance, InstanceId, Lease};
 use crate::messages::{
-    Factory, InsertRequest, KeyMsg, KeyReport, RefreshReply, Request, RetireTarget, SupervisorInternal, SupervisorMsg,
+    Factory, InsertRequest, KeyMsg, KeyReport, KeyShutdown, RefreshReply, Request, RetireTarget, SupervisorInternal,
+    SupervisorMsg,
 };
 use crate::restart::{Deadline, RestartState, Verdict};
 use crate::stats::{Metrics, RetireCause};
@@ -81,6 +82,38 @@ struct Refreshing {
     callers: Vec<RefreshReply>,
 }
 
+/// Counts one factory call as under way for as long as it lives: made as
+/// an attempt starts, dropped as its future ends, however it ends (the
+/// task may be aborted: see `KeyState::abandon`).
+struct BuildInFlight<T: Send + Sync + 'static> {
+    shared: Arc<Shared<T>>,
+}
+
+impl<T: Send + Sync + 'static> BuildInFlight<T> {
+    fn start(shared: &Arc<Shared<T>>) -> Self {
+        Metrics::bump(&shared.metrics.builds_in_flight);
+        Metrics::bump(&shared.metrics.build_tasks);
+        BuildInFlight { shared: shared.clone() }
+    }
+}
+
+impl<T: Send + Sync + 'static> Drop for BuildInFlight<T> {
+    fn drop(&mut self) {
+        let metrics = &self.shared.metrics;
+        metrics
+            .builds_in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        // The disposer counts the task as ended when it handles this
+        // message, after the `Track` that `Instance::new` sent before it: a
+        // closing disposer that reads no build task has therefore seen
+        // every instance built, and stops only once they are disposed. If
+        // it is gone already, count here.
+        if self.shared.disposer.send_message(DisposerMsg::BuildEnded).is_err() {
+            metrics.build_tasks.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
 /// A build in flight (or waiting out a retry backoff).
 struct Build<T: Send + Sync + 'static> {
     hash: CredentialsHash,
@@ -109,6 +142,9 @@ struct Build<T: Send + Sync + 'static> {
     span: tracing::Span,
     /// Whether a failed attempt may be retried (`Repeatable`) or not (`Once`).
     attempts: Attempts,
+    /// The running attempt's task, to drop its factory future when a
+    /// shutdown's deadline passes (see `KeyState::abandon`).
+    task: Option<tokio::task::AbortHandle>,
 }
 
 impl<T: Send + Sync + 'static> Build<T> {
@@ -145,7 +181,9 @@ enum KeyPhase {
     /// Refusing new work; `reply` (the supervisor's `Shutdown`) is answered
     /// once no build is in flight, and then taken.
     ShuttingDown {
-        reply: Option<RpcReplyPort<u64>>,
+        reply: Option<RpcReplyPort<KeyShutdown>>,
+        /// Whether a build was dropped at the deadline.
+        abandoned: bool,
     },
 }
 
@@ -267,6 +305,7 @@ impl<T: Send + Sync + 'static> KeyState<T> {
             refresh: None,
             version: self.version,
             attempts,
+            task: None,
         };
         self.build = Some(build);
         self.run_attempt(myself);
@@ -287,7 +326,7 @@ impl<T: Send + Sync + 'static> KeyState<T> {
         let key = self.key.clone();
         let shared = self.shared.clone();
         let myself = myself.clone();
-        Metrics::bump(&shared.metrics.builds_in_flight);
+        let in_flight = BuildInFlight::start(&shared);
         tracing::debug!(key = %key, attempt = attempts, "building");
         let task = async move {
             let timer = Timer::start();
@@ -325,22 +364,14 @@ impl<T: Send + Sync + 'static> KeyState<T> {
                 )),
             };
             shared.metrics.export.build_took(timer, outcome.is_ok());
-            // The disposer counts the build as ended when it handles this
-            // message, after the `Track` that `Instance::new` sent above: a
-            // closing disposer that reads no build in flight has therefore
-            // seen every instance built, and stops only once they are
-            // disposed. If it is gone already, count here.
-            if shared.disposer.send_message(DisposerMsg::BuildEnded).is_err() {
-                shared
-                    .metrics
-                    .builds_in_flight
-                    .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-            }
+            // Ended before the actor hears of it, so that whoever its answer
+            // reaches reads the gauge without this build.
+            drop(in_flight);
             // If the actor is gone the message comes back and is dropped
             // here; a built instance then goes to the disposer via its Drop.
             let _ = myself.send_message(KeyMsg::BuildDone { attempt, outcome });
         };
-        tokio::spawn(task.instrument(span));
+        build.task = Some(tokio::spawn(task.instrument(span)).abort_handle());
     }
 
     fn build_done(&mut self, myself: &ActorRef<KeyMsg<T>>, attempt: u64, outcome: Result<Arc<Instance<T>>, PoolError>) {
@@ -373,9 +404,9 @@ impl<T: Send + Sync + 'static> KeyState<T> {
             Ok(instance) => {
                 self.restart.success();
                 tracing::debug!(key = %self.key, instance = %instance.id, "built");
-                for waiter in build.waiters.drain(..) {
-                    waiter.answer(Ok(Lease::new(&instance)));
-                }
+                // Answered only once it is published (below): a caller handed
+                // it must find it in the read view with its next lookup.
+                let leases: Vec<Lease<T>> = build.waiters.iter().map(|_| Lease::new(&instance)).collect();
                 let replaced = match (&build.refresh, &self.current) {
                     (Some(refresh), Some(current)) if current.instance.id == refresh.replaces => self.current.take(),
                     _ => None,
@@ -394,6 +425,9 @@ impl<T: Send + Sync + 'static> KeyState<T> {
                     }
                     self.retire_entry(old, RetireCause::Refreshed);
                     Metrics::bump(&self.metrics().refreshes);
+                }
+                for (waiter, lease) in build.waiters.drain(..).zip(leases) {
+                    waiter.answer(Ok(lease));
                 }
                 if build.refresh.is_some() {
                     self.refresh_failures = 0;
@@ -559,6 +593,7 @@ impl<T: Send + Sync + 'static> KeyState<T> {
                     // found the instance due, on behalf of no one request.
                     span: crate::trace::refresh_span(&tracing::Span::none(), &self.key),
                     attempts: Attempts::Repeatable,
+                    task: None,
                 });
                 self.run_attempt(myself);
             }
@@ -689,8 +724,12 @@ impl<T: Send + Sync + 'static> KeyState<T> {
                 build.stale.get_or_insert(cause);
                 retired = true;
             }
-            // An explicit invalidation is a fresh start: it also ends a cool-down.
+            // An explicit invalidation is a fresh start: it also ends a
+            // cool-down, and the key's next instance (a build in flight is
+            // discarded) starts again at configuration version 0, as it
+            // would with a new actor.
             self.restart.success();
+            self.version = 0;
         }
         retired
     }
@@ -789,8 +828,16 @@ impl<T: Send + Sync + 'static> KeyState<T> {
         tracing::debug!(key = %self.key, instance = %id, cause = cause.as_str(), "retired");
     }
 
-    fn begin_shutdown(&mut self, reply: RpcReplyPort<u64>) {
-        self.phase = KeyPhase::ShuttingDown { reply: Some(reply) };
+    fn begin_shutdown(
+        &mut self,
+        myself: &ActorRef<KeyMsg<T>>,
+        deadline: Option<Instant>,
+        reply: RpcReplyPort<KeyShutdown>,
+    ) {
+        self.phase = KeyPhase::ShuttingDown {
+            reply: Some(reply),
+            abandoned: false,
+        };
         self.retire_current(RetireCause::Shutdown);
         for request in self.queued.drain(..) {
             request.answer(Err(PoolError::ShutDown));
@@ -806,6 +853,34 @@ impl<T: Send + Sync + 'static> KeyState<T> {
                 waiter.answer(Err(PoolError::ShutDown));
             }
         }
+        // A build that runs past the deadline is dropped then: the shutdown
+        // returns by its deadline whatever the factory does.
+        if self.build.is_some()
+            && let Some(deadline) = deadline
+        {
+            myself.send_after(deadline.saturating_duration_since(Instant::now()), || KeyMsg::Abandon);
+        }
+    }
+
+    /// The shutdown's deadline passed with a build still running: its task
+    /// is aborted (which drops the factory's future) and everyone waiting
+    /// on it is answered `ShutDown`.
+    fn abandon(&mut self) {
+        let KeyPhase::ShuttingDown { abandoned, .. } = &mut self.phase else {
+            return;
+        };
+        let Some(mut build) = self.build.take() else {
+            return;
+        };
+        *abandoned = true;
+        if let Some(task) = build.task.take() {
+            task.abort();
+        }
+        tracing::warn!(key = %self.key, "build still running at the shutdown deadline: abandoned");
+        build.answer_refresh(&Err(PoolError::ShutDown));
+        for waiter in build.waiters {
+            waiter.answer(Err(PoolError::ShutDown));
+        }
     }
 
     fn cooling_error(&self, retry_after: Duration) -> PoolError {
@@ -817,14 +892,17 @@ impl<T: Send + Sync + 'static> KeyState<T> {
 
     /// Tells the supervisor what changed, and finishes a shutdown.
     fn after_message(&mut self, myself: &ActorRef<KeyMsg<T>>) {
-        if let KeyPhase::ShuttingDown { reply } = &mut self.phase {
+        if let KeyPhase::ShuttingDown { reply, abandoned } = &mut self.phase {
             if self.build.is_none()
                 && let Some(reply) = reply.take()
             {
                 for request in self.queued.drain(..) {
                     request.answer(Err(PoolError::ShutDown));
                 }
-                let _ = reply.send(self.retired_by_shutdown);
+                let _ = reply.send(KeyShutdown {
+                    retired: self.retired_by_shutdown,
+                    abandoned: *abandoned,
+                });
                 // `drain`, not `stop`: whatever is still in the mailbox is
                 // handled (and answered `ShutDown`) rather than dropped.
                 if myself.drain().is_err() {
@@ -832,6 +910,12 @@ impl<T: Send + Sync + 'static> KeyState<T> {
                 }
             }
             return;
+        }
+        // A key with nothing resident and nothing in flight has left the
+        // pool: whatever comes next for it starts at version 0, whether this
+        // actor serves it or a new one.
+        if self.current.is_none() && self.build.is_none() {
+            self.version = 0;
         }
         // An instance that keeps serving while it is rebuilt (a refresh) is
         // reported as ready: it can be evicted or expire like any other
@@ -932,7 +1016,8 @@ impl<T: Send + Sync + 'static> Actor for KeyActor<T> {
                     let _ = reply.send(retired);
                 }
             }
-            KeyMsg::Shutdown { reply } => state.begin_shutdown(reply),
+            KeyMsg::Shutdown { deadline, reply } => state.begin_shutdown(&myself, deadline, reply),
+            KeyMsg::Abandon => state.abandon(),
             KeyMsg::BuildDone { attempt, outcome } => {
                 state.build_done(&myself, attempt, outcome);
                 // Stale waiters were re-queued; serve them now.

@@ -15,12 +15,16 @@ pub(crate) enum Phase {
     Running = 0,
     /// `shutdown` has begun: new work is refused with `ShutDown`.
     Stopping = 1,
+    /// The shutdown is over: its report is made (and is about to reach its
+    /// callers), the supervisor admits no more messages, and calls still
+    /// waiting on user code (a freshness probe) give up with `ShutDown`.
+    Closed = 2,
     /// The supervisor has ended (shut down, or killed with its parent): no
     /// message sent to it will be answered any more.
-    Stopped = 2,
+    Stopped = 3,
 }
 
-/// The pool's phase and a signal for its end.
+/// The pool's phase and a signal for each step of its end.
 ///
 /// A call that sends a message to the supervisor waits for the reply *or*
 /// for [`Phase::Stopped`], whichever comes first. That covers every way a
@@ -31,14 +35,15 @@ pub(crate) enum Phase {
 #[derive(Debug)]
 pub(crate) struct Lifecycle {
     phase: AtomicU8,
-    stopped: Notify,
+    /// Woken at every change of phase.
+    changed: Notify,
 }
 
 impl Default for Lifecycle {
     fn default() -> Self {
         Lifecycle {
             phase: AtomicU8::new(Phase::Running as u8),
-            stopped: Notify::new(),
+            changed: Notify::new(),
         }
     }
 }
@@ -48,6 +53,7 @@ impl Lifecycle {
         match self.phase.load(Ordering::Acquire) {
             0 => Phase::Running,
             1 => Phase::Stopping,
+            2 => Phase::Closed,
             _ => Phase::Stopped,
         }
     }
@@ -55,19 +61,32 @@ impl Lifecycle {
     /// Moves to `phase` unless the pool is already past it.
     pub(crate) fn advance(&self, phase: Phase) {
         let previous = self.phase.fetch_max(phase as u8, Ordering::AcqRel);
-        if phase == Phase::Stopped && previous != Phase::Stopped as u8 {
-            self.stopped.notify_waiters();
+        if previous < phase as u8 {
+            self.changed.notify_waiters();
+        }
+    }
+
+    /// Resolves once the pool has reached `phase` (or gone past it).
+    async fn reached(&self, phase: Phase) {
+        loop {
+            // Registered before the check: `notify_waiters` wakes every
+            // `Notified` created before it, polled or not, so no wake-up is
+            // lost.
+            let notified = self.changed.notified();
+            if self.phase() >= phase {
+                return;
+            }
+            notified.await;
         }
     }
 
     /// Resolves once the pool has stopped.
     pub(crate) async fn stopped(&self) {
-        // Registered before the check: `notify_waiters` wakes every
-        // `Notified` created before it, polled or not, so no wake-up is lost.
-        let notified = self.stopped.notified();
-        if self.phase() == Phase::Stopped {
-            return;
-        }
-        notified.await;
+        self.reached(Phase::Stopped).await;
+    }
+
+    /// Resolves once the shutdown is over (or the pool stopped otherwise).
+    pub(crate) async fn closed(&self) {
+        self.reached(Phase::Closed).await;
     }
 }

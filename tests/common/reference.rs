@@ -684,6 +684,9 @@ impl Model {
         self.prefix_invalidations += 1;
         let mut matched: Vec<&'static str> = self.keys.keys().copied().filter(|k| k.starts_with(prefix)).collect();
         matched.sort_unstable();
+        // The answer counts the resident keys it retires: not those an
+        // earlier invalidation or an eviction is still retiring.
+        let resident = matched.iter().filter(|key| !self.keys[**key].retiring).count();
         for key in &matched {
             let k = self.keys.get_mut(key).unwrap();
             // The supervisor stops counting a ready key as resident until its
@@ -695,7 +698,7 @@ impl Model {
         }
         self.pump();
         self.run_due(serials);
-        matched.len()
+        resident
     }
 
     /// Moves the clock to `to`, handling build completions and sweep ticks in order.

@@ -24,7 +24,8 @@ mod shutdown;
 
 use shutdown::Life;
 
-/// Most keys an admission looks at to find one to evict (see `evict_one`).
+/// Most keys an admission passes over (leased or building) to find one to
+/// evict (see `evict_one`).
 const ADMISSION_SCAN: usize = 64;
 
 /// Up to this many keys, `stats()` copies the key list in the mailbox.
@@ -621,7 +622,9 @@ impl<T: Send + Sync + 'static> Actor for SupervisorActor<T> {
                         state.send_paced(&myself);
                     }
                 }
-                SupervisorInternal::KeysShutDown { retired } => state.keys_shut_down(&myself, retired),
+                SupervisorInternal::KeysShutDown { retired, abandoned } => {
+                    state.keys_shut_down(&myself, retired, abandoned)
+                }
                 SupervisorInternal::ShutdownDone { report } => state.shutdown_done(&myself, report),
             },
             SupervisorMsg::Invalidate { key, reply } => state.invalidate(&key, reply),

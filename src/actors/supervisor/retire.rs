@@ -109,30 +109,46 @@ impl<T: Send + Sync + 'static> SupervisorState<T> {
     }
 
     /// Retires the least recently used key that has no lease and no build
-    /// in flight, looking at no more than `scan` keys (so that admitting a
-    /// key stays cheap even when thousands are leased). Returns false when
-    /// it found none.
+    /// in flight, passing over no more than `scan` keys it may not retire
+    /// (so that admitting a key stays cheap even when thousands are leased).
+    /// Returns false when it found none.
     ///
     /// Least recently used means by last hand-out, hits through the read view
-    /// included. A hit that races the choice can still take a lease on the
-    /// chosen instance: the skip of leased keys is best effort, and safe,
-    /// because an instance is disposed only once its last lease is gone.
+    /// included. A key hit since the supervisor last looked moves to its
+    /// true place and is met again later in the walk; such a move does not
+    /// count against `scan`: each one consumes a hit (`take_use` clears it),
+    /// so the moves are paid for by the hits that caused them, and a pool
+    /// whose every key was hit since still finds its least recently used
+    /// key instead of overshooting. A hit that races the choice can still
+    /// take a lease on the chosen instance: the skip of leased keys is best
+    /// effort, and safe, because an instance is disposed only once its last
+    /// lease is gone.
     pub(super) fn evict_one(&mut self, scan: usize, spare: Option<&Arc<str>>) -> bool {
         let mut cursor: Option<(Used, Arc<str>)> = None;
-        let mut looked = 0;
+        let mut passed = 0;
+        // A key hit again between two looks would move again: no walk moves
+        // more keys than there are, so hits racing it cannot keep it going.
+        let mut moves_left = self.entries.len();
         let victim = loop {
-            if looked == scan {
+            if passed == scan {
                 return false;
             }
-            looked += 1;
             let Some((position, moved)) = self.next_by_use(cursor.as_ref()) else {
                 return false;
             };
             let key = position.1.clone();
             cursor = Some(position);
-            if !moved && spare != Some(&key) && self.entries.get(&key).is_some_and(|e| e.evictable()) {
+            if moved {
+                if moves_left == 0 {
+                    return false;
+                }
+                moves_left -= 1;
+                continue;
+            }
+            if spare != Some(&key) && self.entries.get(&key).is_some_and(|e| e.evictable()) {
                 break key;
             }
+            passed += 1;
         };
         self.stand(&victim, Standing::Leaving);
         let entry = self.entries.get_mut(&victim).expect("just found");
@@ -240,6 +256,14 @@ impl<T: Send + Sync + 'static> SupervisorState<T> {
         // Out of the read view before the answer, and fenced: nothing built
         // for an earlier request can be published until the retirement has
         // reached the key actor (see `ReadView::fence_key`).
+        // What the caller is told: the resident keys this retired. A key
+        // already leaving (an earlier invalidation or an eviction whose
+        // actor has not stopped yet) is retired again, to be safe, but not
+        // counted twice.
+        let resident = keys
+            .iter()
+            .filter(|key| self.entries.get(*key).is_some_and(|e| e.standing == Standing::Resident))
+            .count();
         let fence = self.shared.view.next_fence();
         for key in &keys {
             self.shared.view.fence_key(key.clone(), fence);
@@ -250,6 +274,6 @@ impl<T: Send + Sync + 'static> SupervisorState<T> {
         // out of the read view, and every later message to these keys passes
         // through this mailbox, which sends each pending `Retire` before
         // anything else reaches its actor.
-        let _ = reply.send(keys.len());
+        let _ = reply.send(resident);
     }
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use futures::future::join_all;
 use ractor::{ActorRef, RpcReplyPort};
+use tokio::time::Instant;
 
 use super::SupervisorState;
 use crate::actors::DisposerMsg;
@@ -24,7 +25,9 @@ pub(super) enum Life {
     /// report, and the disposer gets `deadline` to finish its hooks.
     ShuttingDown {
         replies: Vec<RpcReplyPort<ShutdownReport>>,
-        deadline: Duration,
+        /// When the shutdown must be over, builds and hooks or not (`None`:
+        /// a deadline too far for the clock, never).
+        deadline: Option<Instant>,
     },
     /// The report is made. The mailbox drains (ractor admits no new message
     /// once `drain` is called, and every message admitted before it is
@@ -49,11 +52,12 @@ impl<T: Send + Sync + 'static> SupervisorState<T> {
     ) {
         match &mut self.life {
             Life::Serving => {
+                let deadline = Instant::now().checked_add(deadline);
                 self.life = Life::ShuttingDown {
                     replies: reply.into_iter().collect(),
                     deadline,
                 };
-                self.begin_shutdown(myself);
+                self.begin_shutdown(myself, deadline);
             }
             Life::ShuttingDown { replies, .. } => replies.extend(reply),
             Life::Done(report) => {
@@ -64,7 +68,7 @@ impl<T: Send + Sync + 'static> SupervisorState<T> {
         }
     }
 
-    fn begin_shutdown(&mut self, myself: &ActorRef<SupervisorMsg<T>>) {
+    fn begin_shutdown(&mut self, myself: &ActorRef<SupervisorMsg<T>>, deadline: Option<Instant>) {
         self.shared.lifecycle.advance(Phase::Stopping);
         if let Some(sweep) = self.sweep.take() {
             sweep.abort();
@@ -75,24 +79,39 @@ impl<T: Send + Sync + 'static> SupervisorState<T> {
             // invalidation still discards a build in flight.
             entry.flush_pending();
             let (tx, rx) = tokio::sync::oneshot::channel();
-            if entry.send(KeyMsg::Shutdown { reply: tx.into() }).is_ok() {
+            if entry
+                .send(KeyMsg::Shutdown {
+                    deadline,
+                    reply: tx.into(),
+                })
+                .is_ok()
+            {
                 acks.push(rx);
             }
         }
         let myself = myself.clone();
         tokio::spawn(async move {
             // An actor that dies instead of answering retired nothing more.
-            let retired = join_all(acks).await.into_iter().map(|r| r.unwrap_or(0)).sum();
-            let _ = myself.send_message(SupervisorInternal::KeysShutDown { retired }.into());
+            let acks = join_all(acks).await;
+            let (retired, abandoned) = acks
+                .into_iter()
+                .map(|ack| ack.unwrap_or_default())
+                .fold((0, false), |(retired, abandoned), ack| {
+                    (retired + ack.retired, abandoned || ack.abandoned)
+                });
+            let _ = myself.send_message(SupervisorInternal::KeysShutDown { retired, abandoned }.into());
         });
     }
 
     /// Every key actor is done: drain the disposer (off this mailbox, so that
     /// `stats` and late calls are still answered meanwhile) and make the report.
-    pub(super) fn keys_shut_down(&mut self, myself: &ActorRef<SupervisorMsg<T>>, retired: u64) {
+    pub(super) fn keys_shut_down(&mut self, myself: &ActorRef<SupervisorMsg<T>>, retired: u64, abandoned: bool) {
         let Life::ShuttingDown { deadline, .. } = self.life else {
             return;
         };
+        // The hooks get what is left of the deadline (a build abandoned at
+        // the deadline leaves them nothing: the report is made at once).
+        let deadline = deadline.map_or(Duration::MAX, |at| at.saturating_duration_since(Instant::now()));
         let disposer = self.shared.disposer.clone();
         let metrics = self.shared.metrics.clone();
         let myself = myself.clone();
@@ -108,7 +127,7 @@ impl<T: Send + Sync + 'static> SupervisorState<T> {
                 dispose_failures: metrics.dispose_failures.load(Relaxed),
                 still_leased: drain.as_ref().map(|d| d.still_leased.clone()).unwrap_or_default(),
                 disposals_pending: drain.as_ref().map_or(0, |d| d.pending),
-                deadline_passed: drain.as_ref().is_some_and(|d| d.deadline_passed),
+                deadline_passed: abandoned || drain.as_ref().is_some_and(|d| d.deadline_passed),
             };
             let _ = myself.send_message(SupervisorInternal::ShutdownDone { report }.into());
         });
@@ -116,24 +135,33 @@ impl<T: Send + Sync + 'static> SupervisorState<T> {
 
     /// The report is ready: answer every shutdown caller, then drain.
     pub(super) fn shutdown_done(&mut self, myself: &ActorRef<SupervisorMsg<T>>, report: ShutdownReport) {
-        if let Life::ShuttingDown { replies, .. } = &mut self.life {
-            for reply in replies.drain(..) {
-                let _ = reply.send(report.clone());
-            }
-        }
+        let replies = match &mut self.life {
+            Life::ShuttingDown { replies, .. } => std::mem::take(replies),
+            _ => Vec::new(),
+        };
         tracing::info!(
             retired = report.retired,
             disposed = report.disposed,
             still_leased = report.still_leased.len(),
+            deadline_passed = report.deadline_passed,
             "pool shut down"
         );
         self.life = Life::Done(report);
         // Not `stop`: a stop drops what is still in the mailbox, and a call
-        // racing it could be left unanswered. `drain` closes admission first
+        // racing it could be left unanswered. `drain` closes admission
         // (later sends fail at once, which callers see as `ShutDown`) and
         // handles everything admitted before stopping.
         if myself.drain().is_err() {
             myself.stop(None);
+        }
+        // Closed before anyone is told the shutdown is over: a call made
+        // after `shutdown` returned can no longer reach this mailbox, and
+        // calls still waiting on user code (a probe) give up now.
+        self.shared.lifecycle.advance(Phase::Closed);
+        if let Life::Done(report) = &self.life {
+            for reply in replies {
+                let _ = reply.send(report.clone());
+            }
         }
     }
 }
