@@ -12,6 +12,7 @@ use warmpool::{Lease, PoolError, RestartPolicy};
 
 const SEC: Duration = Duration::from_secs(1);
 
+/// 100 `get`s of an absent key build nothing and count no hit, miss or failure; on a cooling key `get` answers `None` and counts nothing either.
 #[tokio::test(start_paused = true)]
 async fn get_never_builds_never_counts_a_failure_and_never_cools_down() {
     let c = Counters::new();
@@ -42,6 +43,7 @@ async fn get_never_builds_never_counts_a_failure_and_never_cools_down() {
     assert_eq!((c.builds(), s.build_failures, s.cooling_keys.len()), (1, 1, 1));
 }
 
+/// `get` returns the instance `get_or_create` built and counts a hit, and answers `None` for other credentials (retiring nothing), another key, an expired instance and a shut-down pool.
 #[tokio::test(start_paused = true)]
 async fn get_serves_what_get_or_create_would_hit_and_nothing_else() {
     let c = Counters::new();
@@ -64,6 +66,7 @@ async fn get_serves_what_get_or_create_would_hit_and_nothing_else() {
     assert_eq!(c.builds(), 1);
 }
 
+/// `retire` takes the leased instance out of the pool once (a second call returns false), it is disposed only when the lease drops, and the next call builds a new one.
 #[tokio::test(start_paused = true)]
 async fn retire_retires_exactly_the_leased_instance_once() {
     let c = Counters::new();
@@ -88,6 +91,7 @@ async fn retire_retires_exactly_the_leased_instance_once() {
     assert_eq!(pool.stats().await.unwrap().retirements.invalidated, 1);
 }
 
+/// `retire` of a lease whose instance a credentials rotation replaced returns false and leaves the new instance served.
 #[tokio::test(start_paused = true)]
 async fn retire_of_an_old_lease_after_a_rotation_leaves_the_new_instance_alone() {
     let c = Counters::new();
@@ -106,6 +110,7 @@ async fn retire_of_an_old_lease_after_a_rotation_leaves_the_new_instance_alone()
     assert_eq!((s.retirements.credentials, s.retirements.invalidated), (1, 0));
 }
 
+/// `retire` of another pool's lease returns false and leaves this pool's instance (same instance id) served; the lease's own pool retires it.
 #[tokio::test(start_paused = true)]
 async fn retire_of_a_lease_from_another_pool_does_nothing() {
     let c = Counters::new();
@@ -128,6 +133,7 @@ async fn retire_of_a_lease_from_another_pool_does_nothing() {
     assert!(a.retire(&from_a).await);
 }
 
+/// `retire` returns false for an instance a prefix invalidation already marked while its paced retirements are pending, and for one the shutdown retired.
 #[tokio::test(start_paused = true)]
 async fn retire_during_a_pending_prefix_invalidation_and_after_shutdown() {
     let c = Counters::new();

@@ -50,12 +50,14 @@ async fn probed_pool(c: &Arc<Counters>, probes: &Arc<AtomicUsize>, verdict: Verd
         .unwrap()
 }
 
+/// Gets key `k` (hash 1) through `get_or_create`, with a factory that builds at once.
 async fn get(pool: &Pool<Client>, c: &Arc<Counters>) -> Lease<Client> {
     pool.get_or_create("k", h(1), factory(c, "k", h(1), Duration::ZERO))
         .await
         .unwrap()
 }
 
+/// No probe within `probe_interval` of the build; past it, one probe before the hand-out, and a fresh verdict holds off the next probe for another interval.
 #[tokio::test(start_paused = true)]
 async fn a_build_counts_as_a_check_and_a_fresh_probe_is_throttled_for_the_interval() {
     let (c, probes) = (Counters::new(), Arc::new(AtomicUsize::new(0)));
@@ -80,6 +82,7 @@ async fn a_build_counts_as_a_check_and_a_fresh_probe_is_throttled_for_the_interv
     assert_eq!((s.probes, s.probe_failures, c.builds()), (2, 0, 1));
 }
 
+/// A stale verdict retires the instance (disposed after its last lease) and the probing call gets a rebuild, counted as a miss, not a hit.
 #[tokio::test(start_paused = true)]
 async fn a_stale_instance_is_retired_and_the_caller_gets_a_rebuild() {
     let (c, probes) = (Counters::new(), Arc::new(AtomicUsize::new(0)));
@@ -99,6 +102,7 @@ async fn a_stale_instance_is_retired_and_the_caller_gets_a_rebuild() {
     );
 }
 
+/// While a 2 s probe runs, another caller is served the current instance at once; after the stale verdict, the prober and a later caller share one rebuild.
 #[tokio::test(start_paused = true)]
 async fn callers_during_a_probe_are_served_at_once_and_one_rebuild_follows_a_stale_verdict() {
     let (c, probes) = (Counters::new(), Arc::new(AtomicUsize::new(0)));
@@ -141,6 +145,7 @@ async fn callers_during_a_probe_are_served_at_once_and_one_rebuild_follows_a_sta
     assert_eq!((c.builds(), probes.load(SeqCst)), (2, 1));
 }
 
+/// A probe that fails, panics or hangs (cut off at `probe_timeout`) counts as a fresh check: the instance is served, a probe failure counted, nothing retired.
 #[tokio::test(start_paused = true)]
 async fn a_failing_panicking_or_hanging_probe_counts_as_fresh() {
     for (verdict, delay) in [
@@ -173,6 +178,7 @@ async fn a_failing_panicking_or_hanging_probe_counts_as_fresh() {
     }
 }
 
+/// `get` answers `None` for an instance due for its probe and never probes it; once `get_or_create` has probed it, `get` serves it again.
 #[tokio::test(start_paused = true)]
 async fn get_returns_none_for_an_instance_due_for_its_probe_and_never_probes() {
     let (c, probes) = (Counters::new(), Arc::new(AtomicUsize::new(0)));

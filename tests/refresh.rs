@@ -73,6 +73,7 @@ async fn get_at_once(pool: &Pool<Client>, c: &Arc<Counters>, key: &str) -> usize
     lease.serial
 }
 
+/// Hits past `refresh_after` get the old instance at once and start one background rebuild, which is then published and the old instance disposed.
 #[tokio::test(start_paused = true)]
 async fn a_hit_past_refresh_after_is_served_at_once_and_one_rebuild_swaps_in() {
     let c = Counters::new();
@@ -112,6 +113,7 @@ async fn a_hit_past_refresh_after_is_served_at_once_and_one_rebuild_swaps_in() {
     assert_eq!(s.refresh_failures, 0);
 }
 
+/// Once a refresh-ahead rebuild is published, the old instance, still leased, is disposed only when that lease drops.
 #[tokio::test(start_paused = true)]
 async fn a_leased_old_instance_is_disposed_only_after_its_last_lease() {
     let c = Counters::new();
@@ -132,6 +134,7 @@ async fn a_leased_old_instance_is_disposed_only_after_its_last_lease() {
     eventually("disposed after the last lease", async || c.disposed() == 1).await;
 }
 
+/// A failed refresh-ahead keeps serving the old instance until its TTL, never cools the key, and tries again only after a backoff.
 #[tokio::test(start_paused = true)]
 async fn a_failed_refresh_keeps_serving_the_old_instance_until_its_ttl_and_never_cools_the_key() {
     let c = Counters::new();
@@ -179,6 +182,7 @@ async fn a_failed_refresh_keeps_serving_the_old_instance_until_its_ttl_and_never
     assert_eq!(pool.stats().await.unwrap().retirements.ttl, 1);
 }
 
+/// A caller that finds the instance expired while its refresh-ahead rebuild runs waits for that rebuild instead of building its own.
 #[tokio::test(start_paused = true)]
 async fn a_caller_finding_the_instance_expired_during_its_refresh_joins_that_rebuild() {
     let c = Counters::new();
@@ -205,6 +209,7 @@ async fn a_caller_finding_the_instance_expired_during_its_refresh_joins_that_reb
     assert_eq!((s.retirements.ttl, s.retirements.refreshed, s.refreshes), (1, 0, 0));
 }
 
+/// `refresh` rebuilds with the stored factory while callers get the old instance at once, and returns once the new one is published.
 #[tokio::test(start_paused = true)]
 async fn refresh_rebuilds_while_callers_are_served_and_returns_once_published() {
     let c = Counters::new();
@@ -234,6 +239,7 @@ async fn refresh_rebuilds_while_callers_are_served_and_returns_once_published() 
     );
 }
 
+/// `refresh` returns false and builds nothing for an absent key, an inserted instance (no factory) and an expired one.
 #[tokio::test(start_paused = true)]
 async fn refresh_of_a_key_with_nothing_to_rebuild_returns_false_without_building() {
     let c = Counters::new();
@@ -261,6 +267,7 @@ async fn refresh_of_a_key_with_nothing_to_rebuild_returns_false_without_building
     assert_eq!(c.builds(), 1);
 }
 
+/// Five concurrent `refresh` calls on one key share one rebuild, and each returns true.
 #[tokio::test(start_paused = true)]
 async fn concurrent_refreshes_of_one_key_share_one_rebuild() {
     let c = Counters::new();
@@ -279,6 +286,7 @@ async fn concurrent_refreshes_of_one_key_share_one_rebuild() {
     assert_eq!(pool.stats().await.unwrap().refreshes, 1);
 }
 
+/// A `refresh` whose factory fails returns `PoolError::Factory` and leaves the old instance served: nothing retired, the key not cooling.
 #[tokio::test(start_paused = true)]
 async fn a_failed_refresh_returns_the_factory_error_and_leaves_the_entry_unchanged() {
     let c = Counters::new();
@@ -304,6 +312,7 @@ async fn a_failed_refresh_returns_the_factory_error_and_leaves_the_entry_unchang
     );
 }
 
+/// `refresh_version` rebuilds only for a newer version than the one served, a plain `refresh` keeps the version, and an invalidated key starts again at version 0.
 #[tokio::test(start_paused = true)]
 async fn versions_never_go_back() {
     let c = Counters::new();
@@ -335,6 +344,7 @@ async fn versions_never_go_back() {
     assert_eq!(rebuilt.version(), 0);
 }
 
+/// While `refresh_version(5)` rebuilds, version 4 shares that rebuild, and version 7 waits for it and then rebuilds once more.
 #[tokio::test(start_paused = true)]
 async fn a_newer_version_waits_for_the_rebuild_in_flight_and_an_older_one_shares_it() {
     let c = Counters::new();
@@ -371,6 +381,7 @@ async fn refresh_in_flight(pool: &Pool<Client>, c: &Arc<Counters>) -> tokio::tas
     refresh
 }
 
+/// `invalidate` during a `refresh` retires the old instance and the rebuild is never served (`refresh` returns false); both are disposed.
 #[tokio::test(start_paused = true)]
 async fn invalidate_during_a_refresh_drops_the_rebuild() {
     let c = Counters::new();
@@ -389,6 +400,7 @@ async fn invalidate_during_a_refresh_drops_the_rebuild() {
     assert_eq!(fresh.serial, 3);
 }
 
+/// An instance inserted during a `refresh` stays served; the rebuild is dropped (`refresh` returns false) and both built instances are disposed.
 #[tokio::test(start_paused = true)]
 async fn insert_during_a_refresh_wins() {
     let c = Counters::new();
@@ -406,6 +418,7 @@ async fn insert_during_a_refresh_wins() {
     eventually("the old and the rebuilt instance disposed", async || c.disposed() == 2).await;
 }
 
+/// A credentials rotation during a `refresh` drops the rebuild for the old credentials: only the new credentials' instance is served, and the old instance and the dropped rebuild are disposed.
 #[tokio::test(start_paused = true)]
 async fn a_rotation_during_a_refresh_drops_the_rebuild_for_the_old_credentials() {
     let c = Counters::new();
@@ -428,6 +441,7 @@ async fn a_rotation_during_a_refresh_drops_the_rebuild_for_the_old_credentials()
     );
 }
 
+/// A capacity eviction of the key during its `refresh` (cap 1, another key built) drops the rebuild; the evicted instance and the rebuild are disposed.
 #[tokio::test(start_paused = true)]
 async fn capacity_eviction_during_a_refresh_drops_the_rebuild() {
     let c = Counters::new();
@@ -448,6 +462,7 @@ async fn capacity_eviction_during_a_refresh_drops_the_rebuild() {
     .await;
 }
 
+/// `shutdown` during a `refresh` makes it fail with `ShutDown` and disposes the old instance and the rebuild exactly once.
 #[tokio::test(start_paused = true)]
 async fn shutdown_during_a_refresh_disposes_everything_exactly_once() {
     let c = Counters::new();
@@ -460,6 +475,7 @@ async fn shutdown_during_a_refresh_disposes_everything_exactly_once() {
     assert!(matches!(pool.refresh("k").await, Err(PoolError::ShutDown)));
 }
 
+/// `P_REFRESH_SECONDS` sets refresh-ahead through `PoolConfig` (a hit past it rebuilds in the background); a value that is not a number is refused, naming the variable and the value.
 #[tokio::test(start_paused = true)]
 async fn refresh_ahead_is_read_from_config() {
     let vars = |name: &str| (name == "P_REFRESH_SECONDS").then(|| Ok("10".to_string()));
@@ -478,6 +494,7 @@ async fn refresh_ahead_is_read_from_config() {
     assert!(err.contains("P_REFRESH_SECONDS") && err.contains("soon"), "{err}");
 }
 
+/// A `refresh` is not a use for LRU: with a cap of 2, the refreshed key, used before the other, is the one evicted.
 #[tokio::test(start_paused = true)]
 async fn a_refresh_is_not_a_use_of_the_key() {
     // LRU: a, then b; refreshing `a` must not make it more recent than `b`.
