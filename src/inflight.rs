@@ -40,7 +40,9 @@ use tokio::sync::SetOnce;
 use crate::error::PoolError;
 use crate::factory::InitDiscarded;
 use crate::hash::CredentialsHash;
-use crate::lease::{Instance, Lease};
+use crate::ids::Fence;
+use crate::instance::Instance;
+use crate::lease::Lease;
 
 /// The misses being asked for, by key.
 pub(crate) struct InFlight<T: Send + Sync + 'static> {
@@ -57,7 +59,7 @@ pub(crate) struct Ask<T: Send + Sync + 'static> {
     /// invalidation that returned before the follower started: it asks the
     /// actors itself (prefix invalidations are rare; this costs a round
     /// trip, never a wrong instance).
-    pub(crate) fence: u64,
+    pub(crate) fence: Fence,
     /// Set once, when the leader has its answer or is dropped.
     answer: SetOnce<Answer<T>>,
 }
@@ -96,7 +98,7 @@ impl<T: Send + Sync + 'static> InFlight<T> {
     }
 
     /// Joins the ask in flight for `key` and `hash`, or starts one.
-    pub(crate) fn join<'a>(&'a self, key: &'a str, hash: CredentialsHash, fence: u64) -> Role<'a, T> {
+    pub(crate) fn join<'a>(&'a self, key: &'a str, hash: CredentialsHash, fence: Fence) -> Role<'a, T> {
         let map = self.map.pin();
         // Looked up first: a follower allocates nothing.
         let found = match map.get(key) {

@@ -16,7 +16,9 @@ use tokio::time::Instant;
 
 use crate::error::{BoxError, PoolError};
 use crate::hash::CredentialsHash;
-use crate::lease::{Instance, InstanceId, Lease};
+use crate::ids::{Fence, InstanceId};
+use crate::instance::Instance;
+use crate::lease::Lease;
 use crate::restart::RestartState;
 use crate::stats::{Counters, RetireCause, ShutdownReport, Stats};
 
@@ -191,7 +193,7 @@ pub(crate) struct Request<T: Send + Sync + 'static> {
     pub(crate) factory: Factory<T>,
     /// The read view's fence when the supervisor forwarded the request (set
     /// there; see `ReadView::fence`).
-    pub(crate) fence: u64,
+    pub(crate) fence: Fence,
     /// A TTL for the instance this request builds, instead of the default.
     pub(crate) ttl: Option<Duration>,
     /// Where the lease or error goes.
@@ -224,7 +226,7 @@ pub(crate) struct InsertRequest<T: Send + Sync + 'static> {
     /// A TTL instead of the default.
     pub(crate) ttl: Option<Duration>,
     /// The read view's fence when the supervisor forwarded it.
-    pub(crate) fence: u64,
+    pub(crate) fence: Fence,
     /// Answered once the instance is in place.
     pub(crate) reply: Option<RpcReplyPort<Result<(), PoolError>>>,
 }
@@ -306,7 +308,7 @@ pub(crate) enum KeyMsg<T: Send + Sync + 'static> {
         target: RetireTarget,
         /// For a prefix invalidation, its number: the key actor clears the
         /// read view's fence up to it (see `ReadView::fence_key`).
-        fence: Option<u64>,
+        fence: Option<Fence>,
         /// Receives whether an instance or a build was retired.
         reply: Option<RpcReplyPort<bool>>,
     },
@@ -357,7 +359,7 @@ pub(crate) enum KeyMsg<T: Send + Sync + 'static> {
         /// The instance to publish.
         instance: InstanceId,
         /// The read view's fence number when the supervisor sent this.
-        fence: u64,
+        fence: Fence,
     },
 }
 

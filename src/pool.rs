@@ -19,6 +19,7 @@ use crate::config::{PoolConfig, RestartPolicy};
 use crate::error::{BoxError, PoolError, SpawnError, panic_message};
 use crate::factory::{Attempts, InitDiscarded};
 use crate::hash::CredentialsHash;
+use crate::ids::Fence;
 use crate::inflight::{Answer, InFlight, Role};
 use crate::lease::Lease;
 use crate::messages::{Factory, InsertRequest, Request, SupervisorInternal, SupervisorMsg};
@@ -232,7 +233,7 @@ impl<T: Send + Sync + 'static> Pool<T> {
                 Metrics::bump(&shared.metrics.misses);
                 // Retirements up to this number happened before this call
                 // joined: their instances must not be handed to it.
-                let joined = shared.view.retirements();
+                let joined = shared.view.retire_seq();
                 let answer = tokio::select! {
                     biased;
                     answer = ask.wait() => answer,
@@ -549,7 +550,7 @@ impl<T: Send + Sync + 'static> Pool<T> {
                     factory,
                     ttl,
                     // Set by the supervisor as it forwards the request.
-                    fence: 0,
+                    fence: Fence::ZERO,
                     reply,
                     span: tracing::Span::current(),
                     attempts,
@@ -616,7 +617,7 @@ impl<T: Send + Sync + 'static> Pool<T> {
                     value,
                     ttl,
                     // Set by the supervisor as it forwards the instance.
-                    fence: 0,
+                    fence: Fence::ZERO,
                     reply: Some(reply),
                 },
             }
@@ -858,7 +859,7 @@ impl<T: Send + Sync + 'static> Pool<T> {
 /// does nothing but hit yield every 128 hits (about 23 us of work here),
 /// and each yield of a task alone on its worker costs a few microseconds of
 /// scheduler work (a poll of the I/O driver, a wake): 16-20% more per hit
-/// in a tight loop (BENCHMARKS.md, round 7). One unit per 8 calls yields
+/// in a tight loop (benches/HISTORY.md, round 7). One unit per 8 calls yields
 /// every 1,024 hits, about 150-200 us of work.
 const CALLS_PER_BUDGET_UNIT: u8 = 8;
 

@@ -6,62 +6,8 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::bus_stats::{BusMetrics, BusStats};
+pub(crate) use crate::ids::RetireCause;
 use crate::telemetry::Instruments;
-
-/// Why an instance stopped being served.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub(crate) enum RetireCause {
-    /// Its time to live, counted from creation, passed.
-    Ttl,
-    /// Nobody took it for longer than the time to idle.
-    Idle,
-    /// The pool was over `max_entries` and this was the least recently used key.
-    Capacity,
-    /// A caller presented a different credentials hash.
-    Credentials,
-    /// `invalidate` or `invalidate_by_prefix` named it.
-    Invalidated,
-    /// `insert` put another instance in its place.
-    Replaced,
-    /// The pool shut down.
-    Shutdown,
-    /// A rebuild took its place while it was still being served
-    /// (refresh-ahead, or `Pool::refresh`).
-    Refreshed,
-    /// The freshness probe said it is no longer fresh (`PoolBuilder::probe`).
-    Stale,
-}
-
-impl RetireCause {
-    /// Every cause, in the order of [`Retirements`]' fields.
-    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
-    pub(crate) const ALL: [RetireCause; 9] = [
-        RetireCause::Ttl,
-        RetireCause::Idle,
-        RetireCause::Capacity,
-        RetireCause::Credentials,
-        RetireCause::Invalidated,
-        RetireCause::Replaced,
-        RetireCause::Shutdown,
-        RetireCause::Refreshed,
-        RetireCause::Stale,
-    ];
-
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            RetireCause::Ttl => "ttl",
-            RetireCause::Idle => "idle",
-            RetireCause::Capacity => "capacity",
-            RetireCause::Credentials => "credentials",
-            RetireCause::Invalidated => "invalidated",
-            RetireCause::Replaced => "replaced",
-            RetireCause::Shutdown => "shutdown",
-            RetireCause::Refreshed => "refreshed",
-            RetireCause::Stale => "stale",
-        }
-    }
-}
 
 /// Event counters. Atomics rather than actor state because they are written
 /// from many places at once (key actors, build tasks, lease drops, the

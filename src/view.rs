@@ -35,155 +35,15 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::hash::CredentialsHash;
-use crate::lease::{Instance, Lease};
-use crate::stats::RetireCause;
-
-/// What a hit checks and records on an instance, kept in the instance's
-/// own allocation (`Instance::published`), right after its reference counts:
-/// a hit upgrades the map's `Weak` and reads these in the cache line the
-/// upgrade has just brought in. (A separate entry behind its own pointer
-/// cost a hit one more dependent cache miss.)
-///
-/// Written once by the key actor before it publishes the instance (hash and
-/// TTL deadline, see [`stamp`](Self::stamp)), and then only the use times,
-/// by hits and by the key actor. Times are nanoseconds since the view's
-/// origin.
-pub(crate) struct Published {
-    /// The credentials hash the instance was built for.
-    hash: AtomicU64,
-    /// Its TTL deadline; `NEVER` does not expire by age.
-    expires_at: AtomicU64,
-    /// Last hand-out. Written at most once per millisecond per instance, so
-    /// that hits on one hot key from many cores do not fight over its
-    /// cache line.
-    last_used: AtomicU64,
-    /// Last hit through the read view since the supervisor last looked
-    /// (`ReadView::take_use`, which resets it to 0 = none; as the key actor
-    /// retires the instance it takes it over, see `carry_use`), in the units
-    /// and granularity of `last_used`. Kept apart from `last_used` because
-    /// LRU order counts a call when it starts: a waiter the key actor serves
-    /// when a build ends called earlier, and its hand-out (which does count
-    /// for idle time) must not make the key look more recently used.
-    touched_at: AtomicU64,
-}
-
-/// Hand-outs within this long of the recorded last use do not write it.
-const TOUCH_GRANULARITY_NS: u64 = 1_000_000;
+use crate::ids::{Fence, RetireSeq};
+use crate::instance::{Clock, Instance};
+use crate::lease::Lease;
 
 /// How many times a hit looks up a key again when the instance it found
 /// was retired meanwhile (a swap in progress; see `ReadView::hit_if`).
 /// Bounded, so that a key swapped without pause cannot keep a reader
 /// looping; past it the caller asks the key actor.
 const SWAP_LOOKS: usize = 2;
-
-/// A deadline past the end of the view's clock.
-const NEVER: u64 = u64::MAX;
-
-impl Published {
-    /// Not yet stamped. No hit reads it before the key actor stamps it:
-    /// the instance is not in the view before then.
-    pub(crate) fn unstamped() -> Self {
-        Published {
-            hash: AtomicU64::new(0),
-            expires_at: AtomicU64::new(NEVER),
-            last_used: AtomicU64::new(0),
-            touched_at: AtomicU64::new(0),
-        }
-    }
-
-    /// Records what the instance serves and until when, and `now` as its
-    /// last hand-out (the key actor, before it publishes it; the map's
-    /// insert then makes these visible to every reader that finds it).
-    pub(crate) fn stamp<T: Send + Sync + 'static>(
-        &self,
-        hash: CredentialsHash,
-        expires_at: Option<Instant>,
-        now: Instant,
-        view: &ReadView<T>,
-    ) {
-        self.hash.store(hash.as_u64(), Ordering::Relaxed);
-        self.expires_at
-            .store(expires_at.map_or(NEVER, |at| view.nanos(at)), Ordering::Relaxed);
-        self.last_used.store(view.nanos(now), Ordering::Relaxed);
-    }
-
-    /// The hit rule: why this instance may not be handed to a caller
-    /// presenting `hash` at `now` (nanoseconds since the view's origin), if
-    /// it may not. TTL (absolute, from creation), then idle time (since the
-    /// last hand-out), then the credentials hash. At the very deadline it
-    /// is still served.
-    pub(crate) fn refusal(&self, hash: CredentialsHash, now: u64, idle: Option<Duration>) -> Option<RetireCause> {
-        if now > self.expires_at.load(Ordering::Relaxed) {
-            Some(RetireCause::Ttl)
-        } else if idle.is_some_and(|idle| {
-            // Past the end of the clock (an extreme idle limit): never.
-            let idle = u64::try_from(idle.as_nanos()).unwrap_or(NEVER);
-            now > self.last_used_nanos().checked_add(idle).unwrap_or(NEVER)
-        }) {
-            Some(RetireCause::Idle)
-        } else if self.hash.load(Ordering::Relaxed) != hash.as_u64() {
-            Some(RetireCause::Credentials)
-        } else {
-            None
-        }
-    }
-
-    /// Records a hit through the read view at `now` (coarsely: see
-    /// `last_used`): a use of the key the supervisor has not seen.
-    fn touch(&self, now: u64) {
-        self.record_hand_out(now);
-        // At least 1: zero means "not touched".
-        let now = now.max(1);
-        // Read before written: a hot key's line is written at most once per
-        // millisecond, not once per hit.
-        let last = self.touched_at.load(Ordering::Relaxed);
-        if last == 0 || now >= last.saturating_add(TOUCH_GRANULARITY_NS) {
-            self.touched_at.fetch_max(now, Ordering::Relaxed);
-        }
-    }
-
-    /// Records a hand-out by the key actor at `now`, for the idle time. Not
-    /// a use for LRU order: the supervisor recorded the call as it routed it
-    /// (a waiter served when a build ends called earlier).
-    pub(crate) fn handed_out(&self, now: u64) {
-        self.record_hand_out(now);
-    }
-
-    fn record_hand_out(&self, now_nanos: u64) {
-        let last = self.last_used.load(Ordering::Relaxed);
-        if now_nanos >= last.saturating_add(TOUCH_GRANULARITY_NS) {
-            self.last_used.fetch_max(now_nanos, Ordering::Relaxed);
-        }
-    }
-
-    /// Takes over the uses recorded on `old`, the instance this one
-    /// replaces (a refresh): a hit on the old instance that the supervisor
-    /// has not seen yet is still a use of the key.
-    pub(crate) fn inherit_use(&self, old: &Published) {
-        self.last_used.fetch_max(old.last_used_nanos(), Ordering::Relaxed);
-        self.touched_at
-            .fetch_max(old.touched_at.load(Ordering::Relaxed), Ordering::Relaxed);
-    }
-
-    /// The last hit through the read view since the supervisor last
-    /// looked, if any (0 = none); clears it.
-    pub(crate) fn take_use(&self) -> u64 {
-        self.touched_at.swap(0, Ordering::Relaxed)
-    }
-
-    /// Records `at`, a use of the key made on an instance this one took
-    /// over from, as not yet seen by the supervisor (0 = nothing to carry).
-    pub(crate) fn carry_use(&self, at: u64) {
-        if at != 0 {
-            self.touched_at.fetch_max(at, Ordering::Relaxed);
-        }
-    }
-
-    /// The last hand-out, in nanoseconds since the view's origin.
-    pub(crate) fn last_used_nanos(&self) -> u64 {
-        self.last_used.load(Ordering::Relaxed)
-    }
-}
 
 /// What the map holds for a key.
 enum Slot<T: Send + Sync + 'static> {
@@ -199,7 +59,7 @@ enum Slot<T: Send + Sync + 'static> {
     /// Invalidated by prefix invalidation number `.0`, whose retirement has
     /// not reached the key actor yet: nothing may be served, and nothing
     /// built for an earlier request may be published.
-    Fenced(u64),
+    Fenced(Fence),
 }
 
 impl<T: Send + Sync + 'static> Slot<T> {
@@ -222,16 +82,16 @@ pub(crate) struct ReadView<T: Send + Sync + 'static> {
     /// much). Blocking makes the actor whose insert triggers a resize copy
     /// the table before it goes on; readers never wait.
     map: papaya::HashMap<Arc<str>, Slot<T>, foldhash::quality::RandomState>,
-    /// Origin of the view's clock: instances' last-use times and TTL
-    /// deadlines are nanoseconds after it.
-    origin: Instant,
+    /// The view's clock: instances' last-use times and TTL deadlines are
+    /// nanoseconds on it.
+    clock: Clock,
     /// The number of the last prefix invalidation (see `Slot::Fenced`). The
     /// supervisor stamps each request it forwards with it.
     fence: AtomicU64,
-    /// How many instances have been retired from the view: each retirement
+    /// The number of the last retirement from the view: each retirement
     /// takes the next number and marks its instance with it (see
     /// `Instance::mark_retired`).
-    retirements: AtomicU64,
+    retire_seq: AtomicU64,
 }
 
 impl<T: Send + Sync + 'static> ReadView<T> {
@@ -241,14 +101,19 @@ impl<T: Send + Sync + 'static> ReadView<T> {
                 .hasher(foldhash::quality::RandomState::default())
                 .resize_mode(papaya::ResizeMode::Blocking)
                 .build(),
-            origin: Instant::now(),
+            clock: Clock::new(),
             fence: AtomicU64::new(0),
-            retirements: AtomicU64::new(0),
+            retire_seq: AtomicU64::new(0),
         }
     }
 
     pub(crate) fn nanos(&self, at: Instant) -> u64 {
-        u64::try_from(at.saturating_duration_since(self.origin).as_nanos()).unwrap_or(u64::MAX)
+        self.clock.nanos(at)
+    }
+
+    /// The clock instances are stamped with (see `Published::stamp`).
+    pub(crate) fn clock(&self) -> &Clock {
+        &self.clock
     }
 
     /// A lease on `key`'s published instance, if it may be served to a
@@ -308,7 +173,7 @@ impl<T: Send + Sync + 'static> ReadView<T> {
     /// invalidation newer than `fence` (the number the supervisor stamped on
     /// the request it was built for) fenced the key. Returns whether it did.
     /// The key actor stamps the instance first (`Published::stamp`).
-    pub(crate) fn publish(&self, key: Arc<str>, instance: &Arc<Instance<T>>, fence: u64) -> bool {
+    pub(crate) fn publish(&self, key: Arc<str>, instance: &Arc<Instance<T>>, fence: Fence) -> bool {
         let map = self.map.pin();
         let outcome = map.compute(key, |existing| match existing {
             Some((_, Slot::Fenced(number))) if *number > fence => papaya::Operation::Abort(()),
@@ -331,7 +196,7 @@ impl<T: Send + Sync + 'static> ReadView<T> {
     /// supervisor, before it answers): whatever is published is flagged and
     /// replaced. The instance stays with its key actor until the
     /// retirement reaches it.
-    pub(crate) fn fence_key(&self, key: Arc<str>, number: u64) {
+    pub(crate) fn fence_key(&self, key: Arc<str>, number: Fence) {
         if let Some(Slot::Live(instance)) = self.map.pin().insert(key, Slot::Fenced(number))
             && let Some(instance) = instance.upgrade()
         {
@@ -341,7 +206,7 @@ impl<T: Send + Sync + 'static> ReadView<T> {
 
     /// Clears a fence of `key` up to number `number` (its key actor, as the
     /// retirement of that invalidation reaches it).
-    pub(crate) fn clear_fence(&self, key: &str, number: u64) {
+    pub(crate) fn clear_fence(&self, key: &str, number: Fence) {
         let _ = self
             .map
             .pin()
@@ -352,12 +217,12 @@ impl<T: Send + Sync + 'static> ReadView<T> {
     /// number. (An instance that nobody holds any more, and that a reader
     /// can therefore no longer upgrade, needs no flag.)
     fn flag(&self, instance: &Instance<T>) {
-        instance.mark_retired(self.retirements.fetch_add(1, Ordering::SeqCst) + 1);
+        instance.mark_retired(RetireSeq::new(self.retire_seq.fetch_add(1, Ordering::SeqCst) + 1));
     }
 
     /// The number of the last retirement from the view.
-    pub(crate) fn retirements(&self) -> u64 {
-        self.retirements.load(Ordering::SeqCst)
+    pub(crate) fn retire_seq(&self) -> RetireSeq {
+        RetireSeq::new(self.retire_seq.load(Ordering::SeqCst))
     }
 
     /// Unpublishes `key`'s entry: its key actor is gone and cannot do it
@@ -402,13 +267,13 @@ impl<T: Send + Sync + 'static> ReadView<T> {
         self.nanos(Instant::now())
     }
 
-    pub(crate) fn fence(&self) -> u64 {
-        self.fence.load(Ordering::SeqCst)
+    pub(crate) fn fence(&self) -> Fence {
+        Fence::new(self.fence.load(Ordering::SeqCst))
     }
 
     /// A new prefix invalidation number (the supervisor, before it fences
     /// the keys the invalidation names).
-    pub(crate) fn next_fence(&self) -> u64 {
-        self.fence.fetch_add(1, Ordering::SeqCst) + 1
+    pub(crate) fn next_fence(&self) -> Fence {
+        Fence::new(self.fence.fetch_add(1, Ordering::SeqCst) + 1)
     }
 }

@@ -233,7 +233,7 @@ async fn a_get_refused_for_a_due_probe_is_not_a_use_for_lru() {
     assert_eq!((c.builds(), probes.load(SeqCst)), (3, 0));
 }
 
-/// A pool whose probe answers `verdict` at once, probing before every
+/// A pool whose probe answers `fresh` at once, probing before every
 /// hand-out (`probe_interval(0)`), counting calls in `probes`.
 async fn probe_every_hand_out(c: &Arc<Counters>, probes: &Arc<AtomicUsize>, fresh: bool) -> Pool<Client> {
     let probes = probes.clone();

@@ -16,7 +16,9 @@ use crate::actors::{DisposerMsg, Settings, Shared, nonzero};
 use crate::error::{Causes, PoolError, panic_message};
 use crate::factory::Attempts;
 use crate::hash::CredentialsHash;
-use crate::lease::{Instance, InstanceId, Lease};
+use crate::ids::{Fence, InstanceId};
+use crate::instance::Instance;
+use crate::lease::Lease;
 use crate::messages::{
     Factory, InsertRequest, KeyMsg, KeyReport, KeyShutdown, RefreshReply, Request, RetireTarget, SupervisorInternal,
     SupervisorMsg,
@@ -70,7 +72,7 @@ struct Current<T: Send + Sync + 'static> {
     /// The read view's fence it was built or published under: a rebuild
     /// publishes under it too, so that a prefix invalidation that fenced
     /// the key since is never undone by the rebuild.
-    fence: u64,
+    fence: Fence,
 }
 
 /// What makes a build a refresh: it replaces an instance that keeps
@@ -121,7 +123,7 @@ struct Build<T: Send + Sync + 'static> {
     ttl: Option<Duration>,
     /// The read view's fence when the request that started it passed the
     /// supervisor (see `ReadView::fence`).
-    fence: u64,
+    fence: Fence,
     /// Everyone sharing this build's result; all presented `hash`.
     waiters: Vec<Request<T>>,
     /// Identifies the current attempt; results of older attempts are ignored.
@@ -743,13 +745,13 @@ impl<T: Send + Sync + 'static> KeyState<T> {
         instance: Arc<Instance<T>>,
         hash: CredentialsHash,
         expires_at: Option<Instant>,
-        fence: u64,
+        fence: Fence,
         factory: Option<Factory<T>>,
         ttl: Option<Duration>,
     ) {
         instance
             .published
-            .stamp(hash, expires_at, Instant::now(), &self.shared.view);
+            .stamp(hash, expires_at, Instant::now(), self.shared.view.clock());
         instance.published.carry_use(std::mem::take(&mut self.unseen_use));
         let published = !self.shutting_down() && self.shared.view.publish(self.key.clone(), &instance, fence);
         self.current = Some(Current {
@@ -765,7 +767,7 @@ impl<T: Send + Sync + 'static> KeyState<T> {
 
     /// The supervisor has sent every retirement that predates it: publish
     /// the instance if it is still current.
-    fn publish(&mut self, instance: InstanceId, fence: u64) {
+    fn publish(&mut self, instance: InstanceId, fence: Fence) {
         let shutting_down = self.shutting_down();
         if let Some(current) = self.current.as_mut()
             && !current.published

@@ -13,6 +13,7 @@ use crate::actors::key::{KeyActor, KeyArgs};
 use crate::actors::lifecycle::Phase;
 use crate::actors::{DisposerMsg, Shared};
 use crate::error::PoolError;
+use crate::ids::Fence;
 use crate::lease::InstanceId;
 use crate::messages::{Internal, KeyMsg, KeyReport, Request, RetireTarget, SupervisorInternal, SupervisorMsg};
 use crate::restart::RestartState;
@@ -71,7 +72,7 @@ enum View<T: Send + Sync + 'static> {
     Ready {
         instance: InstanceId,
         expires_at: Option<Instant>,
-        probe: std::sync::Weak<crate::lease::Instance<T>>,
+        probe: std::sync::Weak<crate::instance::Instance<T>>,
     },
     /// Nothing resident and nothing in flight.
     Idle,
@@ -102,7 +103,7 @@ struct Retirement {
     cause: RetireCause,
     target: RetireTarget,
     /// The prefix invalidation's fence number, for the key actor to clear.
-    fence: Option<u64>,
+    fence: Option<Fence>,
 }
 
 /// One resident key.

@@ -10,6 +10,7 @@ use ractor::{ActorRef, RpcReplyPort};
 use tokio::time::Instant;
 
 use super::{Retirement, Standing, SupervisorState, Used, View};
+use crate::ids::Fence;
 use crate::messages::{KeyMsg, RetireTarget, SupervisorInternal, SupervisorMsg};
 use crate::stats::RetireCause;
 
@@ -27,7 +28,7 @@ impl<T: Send + Sync + 'static> SupervisorState<T> {
         key: &Arc<str>,
         cause: RetireCause,
         target: RetireTarget,
-        fence: Option<u64>,
+        fence: Option<Fence>,
     ) {
         let invalidation = target == RetireTarget::Everything;
         let Some(entry) = self.entries.get_mut(key) else {
