@@ -122,7 +122,7 @@ impl<T: Send + Sync + 'static> PoolBuilder<T> {
     }
 
     /// Longest a factory call may run before it fails with
-    /// [`PoolError::Timeout`]. Defaults to 30 s; zero means unbounded.
+    /// [`PoolError::Timeout`](crate::PoolError::Timeout). Defaults to 30 s; zero means unbounded.
     pub fn create_timeout(mut self, timeout: Duration) -> Self {
         self.settings.create_timeout = nonzero(timeout);
         self
@@ -148,7 +148,7 @@ impl<T: Send + Sync + 'static> PoolBuilder<T> {
     /// and its last lease is dropped: close connections, flush, log out.
     /// It gets the key and the instance. Each runs in its own task, bounded
     /// by `dispose_timeout`; an error, panic or timeout is logged and counted
-    /// in [`Stats::dispose_failures`]. Defaults to none (the instance is
+    /// in [`Stats::dispose_failures`](crate::Stats::dispose_failures). Defaults to none (the instance is
     /// dropped).
     ///
     /// The hook may return `()` or a `Result<(), E>`.
@@ -169,9 +169,9 @@ impl<T: Send + Sync + 'static> PoolBuilder<T> {
     /// to rebuild it in the background with the factory of its last build
     /// (same restart policy retries and `create_timeout`). On success the
     /// new instance is published atomically and the old one retired (cause
-    /// `refreshed`, counted in [`Stats::refreshes`]); on failure the old one
+    /// `refreshed`, counted in [`Stats::refreshes`](crate::Stats::refreshes)); on failure the old one
     /// keeps serving until its TTL, the failure is logged and counted in
-    /// [`Stats::refresh_failures`], and the next hit may ask again once a
+    /// [`Stats::refresh_failures`](crate::Stats::refresh_failures), and the next hit may ask again once a
     /// backoff has passed (the restart policy's, growing with each refresh
     /// that failed in a row). No caller ever waits for a refresh; the TTL
     /// stays the hard limit, so pick `after` below it. An inserted instance
@@ -201,7 +201,7 @@ impl<T: Send + Sync + 'static> PoolBuilder<T> {
     ///   without `refresh_after`.
     /// - An error, a panic, or no answer within
     ///   [`probe_timeout`](Self::probe_timeout): counted as fresh, logged at
-    ///   warn and counted in [`Stats::probe_failures`].
+    ///   warn and counted in [`Stats::probe_failures`](crate::Stats::probe_failures).
     ///
     /// [`Pool::get`] never probes: it returns `None` for an instance that is
     /// due. Defaults to none.

@@ -130,7 +130,7 @@ impl<T: Send + Sync + 'static> Pool<T> {
     /// An instance is served only while its TTL and idle time have not passed
     /// and its hash equals `credentials_hash`; otherwise it is retired and
     /// `factory` builds a new one. `factory` may be called again for retries
-    /// under the [`RestartPolicy`], and only one call per key runs at a time
+    /// under the [`RestartPolicy`](crate::RestartPolicy), and only one call per key runs at a time
     /// (see the type docs for what concurrent callers see).
     ///
     /// A hit reads the pool's published instances directly: no message to
@@ -215,7 +215,7 @@ impl<T: Send + Sync + 'static> Pool<T> {
     /// ```
     ///
     /// Use it when the build needs owned data (credentials, a config) and
-    /// should be retried under the [`RestartPolicy`]. On a hit, `input` is
+    /// should be retried under the [`RestartPolicy`](crate::RestartPolicy). On a hit, `input` is
     /// dropped without being cloned.
     pub async fn get_or_create_from<A, F, Fut, E>(
         &self,
@@ -243,7 +243,7 @@ impl<T: Send + Sync + 'static> Pool<T> {
     ///
     /// A future can run only once, so this is a **single attempt**: a
     /// failure (error, panic, `create_timeout`) is returned at once, never
-    /// retried, whatever the [`RestartPolicy`] says. It still counts toward
+    /// retried, whatever the [`RestartPolicy`](crate::RestartPolicy) says. It still counts toward
     /// the key's cool-down. On a hit, or when another call's build for the
     /// same hash is in flight (which this call then shares), `init` is
     /// dropped without being polled. If the key is invalidated (or
