@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use crate::disposal::DisposerMsg;
 use crate::hash::CredentialsHash;
 use crate::ids::{InstanceId, RetireCause, RetireSeq};
-use crate::stats::Metrics;
+use crate::telemetry::Metrics;
 
 /// Hand-outs within this long of the recorded last use do not write it.
 const TOUCH_GRANULARITY_NS: u64 = 1_000_000;

@@ -71,7 +71,6 @@
 
 mod actors;
 pub mod bus;
-mod bus_stats;
 mod config;
 mod disposal;
 mod error;
@@ -84,9 +83,7 @@ mod lease;
 pub mod messages;
 mod pool;
 mod restart;
-mod stats;
 mod telemetry;
-mod trace;
 mod view;
 
 // The README's Rust blocks are compiled as doctests; this item exists only
@@ -102,4 +99,4 @@ pub use hash::{CredentialsHash, HashError, ParseHashError, hash_credentials};
 pub use lease::{InstanceId, Lease};
 pub use messages::SupervisorMsg;
 pub use pool::{DisposeOutcome, Pool, PoolBuilder};
-pub use stats::{CoolingKey, Counters, Retirements, ShutdownReport, Stats};
+pub use telemetry::{CoolingKey, Counters, Retirements, ShutdownReport, Stats};

@@ -16,11 +16,12 @@ use tokio::time::Instant;
 
 use crate::error::{BoxError, PoolError};
 use crate::hash::CredentialsHash;
+use crate::ids::RetireCause;
 use crate::ids::{Fence, InstanceId};
 use crate::instance::Instance;
 use crate::lease::Lease;
 use crate::restart::RestartState;
-use crate::stats::{Counters, RetireCause, ShutdownReport, Stats};
+use crate::telemetry::{Counters, ShutdownReport, Stats};
 
 /// A factory as the pool stores it: callable again for retries.
 pub(crate) type Factory<T> = Arc<dyn Fn() -> BoxFuture<'static, Result<T, BoxError>> + Send + Sync>;

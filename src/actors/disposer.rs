@@ -17,9 +17,9 @@ pub(crate) use crate::disposal::{DisposerMsg, DrainReport};
 use crate::error::BoxError;
 use crate::error::panic_message;
 use crate::ids::InstanceId;
-use crate::stats::Metrics;
+use crate::telemetry::Metrics;
 use crate::telemetry::Timer;
-use crate::trace;
+use crate::telemetry::spans;
 
 /// A dispose hook as the pool stores it.
 pub(crate) type DisposeHook<T> = Arc<dyn Fn(String, T) -> BoxFuture<'static, Result<(), BoxError>> + Send + Sync>;
@@ -69,7 +69,7 @@ impl<T: Send + Sync + 'static> DisposerState<T> {
     }
 
     fn dispose(&mut self, myself: &ActorRef<DisposerMsg<T>>, key: Arc<str>, value: T) {
-        let span = trace::dispose_span(&key);
+        let span = spans::dispose_span(&key);
         let timer = Timer::start();
         let Some(hook) = self.args.hook.clone() else {
             // No hook: dropping is the disposal. A panicking `Drop` must not

@@ -16,6 +16,7 @@ use crate::actors::{DisposerMsg, Settings, Shared, nonzero};
 use crate::error::{Causes, PoolError, panic_message};
 use crate::factory::Attempts;
 use crate::hash::CredentialsHash;
+use crate::ids::RetireCause;
 use crate::ids::{Fence, InstanceId};
 use crate::instance::Instance;
 use crate::lease::Lease;
@@ -24,7 +25,7 @@ use crate::messages::{
     SupervisorMsg,
 };
 use crate::restart::{Deadline, RestartState, Verdict};
-use crate::stats::{Metrics, RetireCause};
+use crate::telemetry::Metrics;
 use crate::telemetry::Timer;
 
 /// One actor per resident key. Its mailbox serialises everything about the
@@ -323,7 +324,7 @@ impl<T: Send + Sync + 'static> KeyState<T> {
         let attempt = build.attempt;
         let attempts = build.retries_done + 1;
         let version = build.version;
-        let span = crate::trace::build_span(&build.span, &self.key, attempts);
+        let span = crate::telemetry::spans::build_span(&build.span, &self.key, attempts);
         let factory = build.factory.clone();
         let key = self.key.clone();
         let shared = self.shared.clone();
@@ -593,7 +594,7 @@ impl<T: Send + Sync + 'static> KeyState<T> {
                     version,
                     // A root: refresh-ahead is asked for by whichever hit
                     // found the instance due, on behalf of no one request.
-                    span: crate::trace::refresh_span(&tracing::Span::none(), &self.key),
+                    span: crate::telemetry::spans::refresh_span(&tracing::Span::none(), &self.key),
                     attempts: Attempts::Repeatable,
                     task: None,
                 });
@@ -810,7 +811,7 @@ impl<T: Send + Sync + 'static> KeyState<T> {
 
     fn retire_entry(&mut self, current: Current<T>, cause: RetireCause) {
         let id = current.instance.id;
-        let _span = crate::trace::retire_span(&self.key, id, cause).entered();
+        let _span = crate::telemetry::spans::retire_span(&self.key, id, cause).entered();
         // Out of the read view before anything acknowledges the retirement.
         self.shared.view.unpublish(&self.key, &current.instance);
         // Its hits the supervisor has not seen yet are uses of the key: they

@@ -9,7 +9,7 @@ use ractor::ActorRef;
 use crate::config::RestartPolicy;
 use crate::error::BoxError;
 use crate::lease::Lease;
-use crate::stats::Metrics;
+use crate::telemetry::Metrics;
 
 pub(crate) mod disposer;
 

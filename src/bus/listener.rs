@@ -20,10 +20,10 @@ use tokio::task::JoinHandle;
 
 use crate::bus::wire::now_us;
 use crate::bus::{BusError, Invalidation, ListenOptions, Recovery, Scope, reconnect_delay};
-use crate::bus_stats::{BusCount, BusMetrics};
 use crate::error::PoolError;
 use crate::pool::{Pool, WeakPool};
-use crate::stats::Metrics;
+use crate::telemetry::Metrics;
+use crate::telemetry::{BusCount, BusMetrics};
 
 /// How often a listener also checks whether its pool is shut down (a
 /// backstop: the supervisor's exit normally ends it first).

@@ -49,7 +49,7 @@ pub mod redis;
 pub mod redis_streams;
 pub mod wire;
 
-pub use crate::bus_stats::BusStats;
+pub use crate::telemetry::BusStats;
 pub use listener::BusEvent;
 pub use local::{LocalBus, LocalOutbox, LocalPublisher};
 pub use wire::{Invalidation, MIN_KEY_LEN, Scope, SigningKey, Stamper, WIRE_VERSION, new_origin};

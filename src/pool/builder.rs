@@ -9,6 +9,7 @@ use std::time::Duration;
 use futures::FutureExt;
 use ractor::{Actor, ActorCell};
 
+use super::metrics::start_publisher;
 use crate::actors::disposer::{DisposerActor, DisposerArgs};
 use crate::actors::lifecycle::Lifecycle;
 use crate::actors::supervisor::{SupervisorActor, SupervisorArgs};
@@ -17,8 +18,8 @@ use crate::config::{PoolConfig, RestartPolicy};
 use crate::error::{BoxError, SpawnError};
 use crate::inflight::InFlight;
 use crate::lease::Lease;
-use crate::stats::Metrics;
-use crate::telemetry::{MetricsOptions, start_publisher};
+use crate::telemetry::Metrics;
+use crate::telemetry::MetricsOptions;
 use crate::view::ReadView;
 
 use super::{Pool, PoolInner};
@@ -148,7 +149,7 @@ impl<T: Send + Sync + 'static> PoolBuilder<T> {
     /// and its last lease is dropped: close connections, flush, log out.
     /// It gets the key and the instance. Each runs in its own task, bounded
     /// by `dispose_timeout`; an error, panic or timeout is logged and counted
-    /// in [`Stats::dispose_failures`](crate::Stats::dispose_failures). Defaults to none (the instance is
+    /// in [`Counters::dispose_failures`](crate::Counters::dispose_failures). Defaults to none (the instance is
     /// dropped).
     ///
     /// The hook may return `()` or a `Result<(), E>`.
@@ -169,9 +170,9 @@ impl<T: Send + Sync + 'static> PoolBuilder<T> {
     /// to rebuild it in the background with the factory of its last build
     /// (same restart policy retries and `create_timeout`). On success the
     /// new instance is published atomically and the old one retired (cause
-    /// `refreshed`, counted in [`Stats::refreshes`](crate::Stats::refreshes)); on failure the old one
+    /// `refreshed`, counted in [`Counters::refreshes`](crate::Counters::refreshes)); on failure the old one
     /// keeps serving until its TTL, the failure is logged and counted in
-    /// [`Stats::refresh_failures`](crate::Stats::refresh_failures), and the next hit may ask again once a
+    /// [`Counters::refresh_failures`](crate::Counters::refresh_failures), and the next hit may ask again once a
     /// backoff has passed (the restart policy's, growing with each refresh
     /// that failed in a row). No caller ever waits for a refresh; the TTL
     /// stays the hard limit, so pick `after` below it. An inserted instance
@@ -201,7 +202,7 @@ impl<T: Send + Sync + 'static> PoolBuilder<T> {
     ///   without `refresh_after`.
     /// - An error, a panic, or no answer within
     ///   [`probe_timeout`](Self::probe_timeout): counted as fresh, logged at
-    ///   warn and counted in [`Stats::probe_failures`](crate::Stats::probe_failures).
+    ///   warn and counted in [`Counters::probe_failures`](crate::Counters::probe_failures).
     ///
     /// [`Pool::get`] never probes: it returns `None` for an instance that is
     /// due. Defaults to none.

@@ -15,7 +15,7 @@ use crate::hash::CredentialsHash;
 use crate::inflight::{Answer, Role};
 use crate::lease::Lease;
 use crate::messages::{Factory, SupervisorInternal};
-use crate::stats::Metrics;
+use crate::telemetry::Metrics;
 
 use super::Pool;
 

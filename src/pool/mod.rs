@@ -8,6 +8,7 @@
 
 mod builder;
 mod call;
+mod metrics;
 mod miss;
 mod probe;
 
@@ -23,9 +24,10 @@ use crate::actors::lifecycle::Phase;
 use crate::error::{BoxError, PoolError};
 use crate::factory::{Attempts, InitDiscarded};
 use crate::hash::CredentialsHash;
+use crate::ids::RetireCause;
 use crate::lease::Lease;
 use crate::messages::{SupervisorInternal, SupervisorMsg};
-use crate::stats::{Counters, Metrics, RetireCause, ShutdownReport, Stats};
+use crate::telemetry::{Counters, Metrics, ShutdownReport, Stats};
 
 pub use builder::{DisposeOutcome, PoolBuilder};
 
@@ -65,7 +67,7 @@ pub use builder::{DisposeOutcome, PoolBuilder};
 /// when a key actor stops unexpectedly
 /// (stopped from outside, or a bug), its entry is dropped (its instance goes
 /// to the disposer once unleased), the restart is counted in
-/// [`Stats::actor_restarts`], and the key's next call starts a fresh actor.
+/// [`Counters::actor_restarts`](crate::Counters::actor_restarts), and the key's next call starts a fresh actor.
 /// Callers that were waiting on the dead actor get
 /// [`PoolError::ActorStopped`] and may retry at once. Factory failures are
 /// not actor failures: they never stop an actor, and follow the
@@ -303,7 +305,7 @@ impl<T: Send + Sync + 'static> Pool<T> {
     ///
     /// It never builds, never counts a failure, never starts a cool-down and
     /// never triggers a refresh-ahead rebuild. A hit counts in
-    /// [`Stats::hits`] and as a use of the instance (LRU order, idle time);
+    /// [`Counters::hits`](crate::Counters::hits) and as a use of the instance (LRU order, idle time);
     /// a `None` counts as neither a miss nor a use.
     ///
     /// Being a plain function, it never yields: a task that loops over
@@ -433,7 +435,7 @@ impl<T: Send + Sync + 'static> Pool<T> {
     /// discarding a client another caller built meanwhile. Once this
     /// returns, no call that starts gets that instance; the lease itself
     /// (and any other) keeps it alive until dropped. Counted as
-    /// `invalidated` in [`Stats::retirements`].
+    /// `invalidated` in [`Counters::retirements`](crate::Counters::retirements).
     pub async fn retire(&self, lease: &Lease<T>) -> bool {
         let instance = lease.instance();
         if !Arc::ptr_eq(&instance.metrics, &self.inner.shared.metrics) {

@@ -6,9 +6,10 @@ use std::panic::AssertUnwindSafe;
 use futures::FutureExt;
 
 use crate::error::{PoolError, panic_message};
+use crate::ids::RetireCause;
 use crate::lease::Lease;
 use crate::messages::SupervisorInternal;
-use crate::stats::{Metrics, RetireCause};
+use crate::telemetry::Metrics;
 
 use super::Pool;
 

@@ -6,13 +6,10 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use metrics::{Counter, Gauge, Histogram, Label, Unit};
-use ractor::ActorStatus;
-use ractor::rpc::CallResult;
 
-use super::Timer;
-use crate::messages::SupervisorMsg;
-use crate::pool::Pool;
-use crate::stats::{Counters, RetireCause};
+use super::instruments::Timer;
+use super::snapshot::Counters;
+use crate::ids::RetireCause;
 
 /// How often counters and gauges are published unless the builder says
 /// otherwise (`PoolBuilder::metrics_interval`).
@@ -278,7 +275,7 @@ impl Instruments {
     /// The pool has stopped: a last publication of its counters, and its
     /// share of every gauge back to zero (a stopped pool holds nothing the
     /// gauges should count, and reports nothing more).
-    fn end(&self, c: &Counters) {
+    pub(crate) fn end(&self, c: &Counters) {
         self.publish(c);
         for level in [
             &self.resident_keys,
@@ -346,37 +343,4 @@ fn describe() {
     describe_histogram!(BUILD_DURATION, Unit::Seconds, "Factory attempts' duration, by outcome.");
     describe_histogram!(DISPOSE_DURATION, Unit::Seconds, "Disposals' duration.");
     describe_histogram!(BUS_LAG, Unit::Seconds, "Event-bus publish-to-apply lag (wall clocks).");
-}
-
-/// Starts the task that publishes the pool's counters and gauges every
-/// `options.interval`, until the pool has stopped; then it publishes once
-/// more from the counters (nothing resident) and takes the pool's share of
-/// the gauges back to zero.
-///
-/// It holds the supervisor's address, not a `Pool`, so it never keeps the
-/// pool alive; each round asks the supervisor for `Counters` (for the
-/// resident and cooling keys, which only it knows).
-pub(crate) fn start_publisher<T: Send + Sync + 'static>(pool: &Pool<T>, options: &MetricsOptions) {
-    let Some(period) = options.interval else { return };
-    let supervisor = pool.actor();
-    let metrics = pool.metrics().clone();
-    tokio::spawn(async move {
-        loop {
-            // `sleep`, not `interval`: a period too long for the clock
-            // sleeps forever instead of panicking.
-            tokio::time::sleep(period).await;
-            let asked = supervisor
-                .call(|reply| SupervisorMsg::Counters { reply }, Some(period))
-                .await;
-            match asked {
-                Ok(CallResult::Success(counters)) => metrics.export.publish(&counters),
-                // A busy supervisor: the next round will do.
-                Ok(CallResult::Timeout)
-                    if !matches!(supervisor.get_status(), ActorStatus::Stopping | ActorStatus::Stopped) => {}
-                // Not sent, or the reply was dropped: the pool has stopped.
-                _ => break,
-            }
-        }
-        metrics.export.end(&metrics.counters());
-    });
 }

@@ -1,4 +1,15 @@
-//! The pool's figures through the [`metrics`](https://docs.rs/metrics)
+//! The one home of the pool's figures, a leaf (it imports only ids):
+//!
+//! - `counters.rs`: the live counters every layer writes ([`Metrics`]);
+//! - `snapshot.rs`: the public snapshots built from them ([`Counters`],
+//!   [`Stats`], [`Retirements`], [`CoolingKey`], [`ShutdownReport`]);
+//! - `bus.rs`: the event bus's counters and lag histogram ([`BusStats`]);
+//! - `spans.rs`: the `tracing` spans, names and fields in one place;
+//! - `instruments.rs` and `export.rs`: the export through the `metrics`
+//!   facade. (The task that publishes counters on an interval asks the
+//!   supervisor, so it lives with the handle, in `pool/metrics.rs`.)
+//!
+//! The export: the pool's figures through the [`metrics`](https://docs.rs/metrics)
 //! facade (cargo feature `metrics`), so that whatever recorder the
 //! application installed (metrics-exporter-prometheus, an OpenTelemetry
 //! bridge) shows them. Without the feature every type here is empty, every
@@ -7,7 +18,7 @@
 //! Two kinds of figures leave by two ways:
 //!
 //! - **Counters and gauges** already live in the pool's atomics
-//!   ([`Metrics`](crate::stats::Metrics); hits and leases in striped
+//!   ([`Metrics`]; hits and leases in striped
 //!   counters). They are *published*: every `metrics_interval` a task reads
 //!   them once and moves each exported series by the difference since the
 //!   last publication. So a hit costs nothing more with the feature on (no
@@ -23,61 +34,16 @@
 //! pool), and for some series `cause`, `outcome`; never a key, so the number
 //! of series does not grow with the number of tenants.
 
-use std::time::Duration;
-
+mod bus;
+mod counters;
 #[cfg(feature = "metrics")]
 mod export;
+mod instruments;
+mod snapshot;
+pub(crate) mod spans;
 
-#[cfg(feature = "metrics")]
-pub(crate) use export::{Instruments, MetricsOptions, start_publisher};
-
-/// Measures an event's duration for a histogram (nothing without the feature).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Timer {
-    #[cfg(feature = "metrics")]
-    started: tokio::time::Instant,
-}
-
-impl Timer {
-    pub(crate) fn start() -> Self {
-        Timer {
-            #[cfg(feature = "metrics")]
-            started: tokio::time::Instant::now(),
-        }
-    }
-
-    /// Time since `start`. The pool's clock (`tokio::time`), so a paused
-    /// clock in tests gives exact figures.
-    #[cfg(feature = "metrics")]
-    fn elapsed(self) -> Duration {
-        self.started.elapsed()
-    }
-}
-
-/// Without the feature: the export's handles, none.
-#[cfg(not(feature = "metrics"))]
-#[derive(Debug, Default)]
-pub(crate) struct Instruments;
-
-#[cfg(not(feature = "metrics"))]
-impl Instruments {
-    pub(crate) fn register(_pool: Option<&str>) -> Self {
-        Instruments
-    }
-
-    pub(crate) fn build_took(&self, _timer: Timer, _ok: bool) {}
-
-    pub(crate) fn dispose_took(&self, _timer: Timer) {}
-
-    pub(crate) fn bus_lag(&self, _lag: Duration) {}
-}
-
-/// Without the feature: the export's settings, none. (Braces, so that
-/// building one reads the same with and without the feature.)
-#[cfg(not(feature = "metrics"))]
-#[derive(Debug, Default)]
-pub(crate) struct MetricsOptions {}
-
-/// Without the feature: there is nothing to publish.
-#[cfg(not(feature = "metrics"))]
-pub(crate) fn start_publisher<T: Send + Sync + 'static>(_pool: &crate::Pool<T>, _options: &MetricsOptions) {}
+pub use bus::BusStats;
+pub(crate) use bus::{BusCount, BusMetrics};
+pub(crate) use counters::Metrics;
+pub(crate) use instruments::{MetricsOptions, Timer};
+pub use snapshot::{CoolingKey, Counters, Retirements, ShutdownReport, Stats};

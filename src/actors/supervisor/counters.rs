@@ -4,7 +4,7 @@
 use tokio::time::Instant;
 
 use super::SupervisorState;
-use crate::stats::Counters;
+use crate::telemetry::Counters;
 
 impl<T: Send + Sync + 'static> SupervisorState<T> {
     /// The counters, with the figures only this mailbox knows: resident

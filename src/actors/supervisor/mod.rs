@@ -14,10 +14,11 @@ use crate::actors::lifecycle::Phase;
 use crate::actors::{DisposerMsg, Shared};
 use crate::error::PoolError;
 use crate::ids::Fence;
+use crate::ids::RetireCause;
 use crate::lease::InstanceId;
 use crate::messages::{Internal, KeyMsg, KeyReport, Request, RetireTarget, SupervisorInternal, SupervisorMsg};
 use crate::restart::RestartState;
-use crate::stats::{CoolingKey, Metrics, RetireCause, Stats};
+use crate::telemetry::{CoolingKey, Metrics, Stats};
 
 mod counters;
 mod retire;
@@ -459,15 +460,13 @@ impl<T: Send + Sync + 'static> SupervisorState<T> {
     /// mailbox, so they agree with `size`; turned into `String`s elsewhere).
     fn stats(&self) -> (Stats, Vec<Arc<str>>) {
         let now = Instant::now();
-        let mut stats = self.metrics().snapshot();
-        stats.size = self.resident;
         let keys = self
             .ordered
             .iter()
             .filter(|k| self.entries.get(*k).is_some_and(|e| e.standing == Standing::Resident))
             .cloned()
             .collect();
-        stats.cooling_keys = self
+        let cooling_keys = self
             .dormant
             .iter()
             .filter_map(|(key, restart)| {
@@ -477,7 +476,7 @@ impl<T: Send + Sync + 'static> SupervisorState<T> {
                 })
             })
             .collect();
-        (stats, keys)
+        (Stats::new(self.counters(), Vec::new(), cooling_keys), keys)
     }
 }
 

@@ -11,8 +11,8 @@ use tokio::time::Instant;
 
 use super::{Retirement, Standing, SupervisorState, Used, View};
 use crate::ids::Fence;
+use crate::ids::RetireCause;
 use crate::messages::{KeyMsg, RetireTarget, SupervisorInternal, SupervisorMsg};
-use crate::stats::RetireCause;
 
 /// Most pending `Retire`s sent at once (see `SupervisorState::paced`).
 const RETIRE_BATCH: usize = 16;

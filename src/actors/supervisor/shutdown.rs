@@ -14,7 +14,7 @@ use super::SupervisorState;
 use crate::actors::DisposerMsg;
 use crate::actors::lifecycle::Phase;
 use crate::messages::{KeyMsg, SupervisorInternal, SupervisorMsg};
-use crate::stats::ShutdownReport;
+use crate::telemetry::ShutdownReport;
 
 /// How far the supervisor is in the pool's life.
 #[derive(Debug)]

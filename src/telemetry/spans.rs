@@ -12,8 +12,7 @@
 
 use tracing::Span;
 
-use crate::lease::InstanceId;
-use crate::stats::RetireCause;
+use crate::ids::{InstanceId, RetireCause};
 
 /// The span a factory attempt runs in (the factory's own future included),
 /// a child of `caller`: the span that was current in the `Pool` call that

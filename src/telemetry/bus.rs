@@ -24,7 +24,7 @@ pub(crate) enum BusCount {
     Lost,
 }
 
-/// Bus counters, shown in [`Stats::bus`](crate::Stats::bus).
+/// Bus counters, shown in [`Counters::bus`](crate::Counters::bus).
 #[derive(Debug, Default)]
 pub(crate) struct BusMetrics {
     applied: AtomicU64,
