@@ -88,9 +88,6 @@ impl RetireCause {
 pub(crate) struct Fence(u64);
 
 impl Fence {
-    /// No prefix invalidation yet.
-    pub(crate) const ZERO: Fence = Fence(0);
-
     pub(crate) fn new(n: u64) -> Self {
         Fence(n)
     }

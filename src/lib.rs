@@ -33,38 +33,23 @@
 //!
 //! # Layout
 //!
-//! - [`Pool`] (`pool.rs`): the cheap `Clone` handle, and [`PoolBuilder`].
-//! - `actors/`: the supervisor actor (routing, LRU order, prefix index,
-//!   sweep, capacity, supervision, shutdown), one key actor per key (owns the
-//!   instance, runs the factory off its mailbox, answers waiters) and the
-//!   disposer (runs dispose hooks).
-//! - [`messages`]: the supervisor's and key actors' messages; [`SupervisorMsg`] is
-//!   public so other actors can invalidate, read stats or shut down.
-//! - [`bus`]: invalidation across service instances: the version-2 wire
-//!   message with HMAC signing ([`bus::wire`]), one listener loop every
-//!   transport feeds with [`bus::BusEvent`]s (echoes, replays, the
-//!   timestamp window, sequence gaps, restarted publishers, recovery), one
-//!   [`bus::Publisher`] shape, and one file per transport: the embedded
-//!   [`bus::LocalBus`], and behind the `redis` and `nats` features Redis
-//!   pub/sub, Redis Streams, core NATS and NATS JetStream.
-//! - [`bus::BusStats`] (`bus_stats.rs`): the bus counters, imported by both
-//!   `stats.rs` and `bus/`.
-//! - `view.rs`: the read view every hit reads without asking an actor (a
-//!   lock-free map of published instances; only actors write it).
-//! - `inflight.rs`: misses in flight, so that a call that misses while
-//!   another call of the same key and hash is asking the actors waits for
-//!   that answer instead of sending a message of its own.
-//! - [`Lease`] (`lease.rs`): shared ownership whose last drop disposes.
-//! - `factory.rs`: how often a request's factory may run (retried, or the
-//!   single attempt of [`Pool::try_get_with`]) and [`InitDiscarded`].
-//! - `telemetry/`: the export of the pool's figures through the `metrics`
-//!   facade (feature `metrics`): counters and gauges published from the
-//!   pool's own atomics on an interval, histograms recorded per event.
-//! - `trace.rs`: the pool's `tracing` spans (`build`, `dispose`, `retire`,
-//!   `refresh`), their names and fields in one place.
-//! - [`hash_credentials`] (`hash.rs`), [`PoolConfig`] and
-//!   [`RestartPolicy`] (`config.rs`), [`Stats`] and [`Counters`] (`stats.rs`), [`PoolError`]
-//!   (`error.rs`).
+//! `ARCHITECTURE.md`, at the root of the repository, is the codemap: each file, the layers (no file imports
+//! a higher one) and the route of every operation. In short, bottom up:
+//!
+//! 1. `ids.rs`, `error.rs`, `config.rs`, `hash.rs`, `restart.rs`,
+//!    `factory.rs`, `guard.rs`: ids and newtypes ([`InstanceId`]),
+//!    [`PoolError`], [`PoolConfig`], [`hash_credentials`], the restart
+//!    policy's bookkeeping, calling user code.
+//! 2. `instance.rs` (an instance and the hit rule), `disposal.rs` (the
+//!    disposer's protocol, which an instance sends itself to), `telemetry/`
+//!    (every figure: [`Stats`], [`Counters`], the bus counters, the
+//!    `metrics` export, the `tracing` spans).
+//! 3. [`Lease`] (`lease.rs`), the read view (`view.rs`), misses in flight
+//!    (`inflight.rs`).
+//! 4. `actors/`: the supervisor, the key actors and the disposer, each with
+//!    its protocol in its folder; [`SupervisorMsg`] is the public one.
+//! 5. [`Pool`] and [`PoolBuilder`] (`pool/`), and [`bus`], invalidation
+//!    across service instances.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 #![warn(missing_debug_implementations, unreachable_pub)]
@@ -80,7 +65,7 @@ mod ids;
 mod inflight;
 mod instance;
 mod lease;
-pub mod messages;
+mod messages;
 mod pool;
 mod restart;
 mod telemetry;

@@ -7,13 +7,13 @@ use std::time::Duration;
 use ractor::RpcReplyPort;
 use ractor::rpc::CallResult;
 
+use crate::actors::key::{Factory, InsertRequest, Request};
 use crate::actors::lifecycle::Phase;
+use crate::actors::supervisor::{SupervisorInternal, SupervisorMsg};
 use crate::error::PoolError;
 use crate::factory::Attempts;
 use crate::hash::CredentialsHash;
-use crate::ids::Fence;
 use crate::lease::Lease;
-use crate::messages::{Factory, InsertRequest, Request, SupervisorInternal, SupervisorMsg};
 
 use super::Pool;
 
@@ -39,8 +39,6 @@ impl<T: Send + Sync + 'static> Pool<T> {
                     hash,
                     factory,
                     ttl,
-                    // Set by the supervisor as it forwards the request.
-                    fence: Fence::ZERO,
                     reply,
                     span: tracing::Span::current(),
                     attempts,
@@ -68,11 +66,11 @@ impl<T: Send + Sync + 'static> Pool<T> {
             result = call => result,
             () = self.inner.shared.lifecycle.stopped() => return Err(PoolError::ShutDown),
         };
-        self.answer(result, key)
+        self.outcome(result, key)
     }
 
     /// Maps a ractor call's outcome to the pool's error.
-    pub(super) fn answer<R, M>(
+    pub(super) fn outcome<R, M>(
         &self,
         result: Result<CallResult<R>, ractor::MessagingErr<M>>,
         key: Option<&str>,
@@ -104,8 +102,6 @@ impl<T: Send + Sync + 'static> Pool<T> {
                     hash,
                     value,
                     ttl,
-                    // Set by the supervisor as it forwards the instance.
-                    fence: Fence::ZERO,
                     reply: Some(reply),
                 },
             }

@@ -9,7 +9,7 @@ use ractor::rpc::CallResult;
 
 use super::Pool;
 #[cfg(feature = "metrics")]
-use crate::messages::SupervisorMsg;
+use crate::actors::supervisor::SupervisorMsg;
 use crate::telemetry::MetricsOptions;
 
 /// Starts the task that publishes the pool's counters and gauges every

@@ -8,13 +8,14 @@ use std::time::Duration;
 
 use futures::FutureExt;
 
+use crate::actors::key::Factory;
 use crate::actors::lifecycle::Phase;
+use crate::actors::supervisor::SupervisorInternal;
 use crate::error::{BoxError, PoolError};
 use crate::factory::Attempts;
 use crate::hash::CredentialsHash;
 use crate::inflight::{Answer, Role};
 use crate::lease::Lease;
-use crate::messages::{Factory, SupervisorInternal};
 use crate::telemetry::Metrics;
 
 use super::Pool;

@@ -21,12 +21,12 @@ use ractor::ActorRef;
 
 use crate::actors::Shared;
 use crate::actors::lifecycle::Phase;
+use crate::actors::supervisor::{SupervisorInternal, SupervisorMsg};
 use crate::error::{BoxError, PoolError};
 use crate::factory::{Attempts, InitDiscarded};
 use crate::hash::CredentialsHash;
 use crate::ids::RetireCause;
 use crate::lease::Lease;
-use crate::messages::{SupervisorInternal, SupervisorMsg};
 use crate::telemetry::{Counters, Metrics, ShutdownReport, Stats};
 
 pub use builder::{DisposeOutcome, PoolBuilder};

@@ -5,10 +5,10 @@ use std::panic::AssertUnwindSafe;
 
 use futures::FutureExt;
 
+use crate::actors::supervisor::SupervisorInternal;
 use crate::error::{PoolError, panic_message};
 use crate::ids::RetireCause;
 use crate::lease::Lease;
-use crate::messages::SupervisorInternal;
 use crate::telemetry::Metrics;
 
 use super::Pool;

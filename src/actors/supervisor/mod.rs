@@ -10,19 +10,23 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::actors::key::{KeyActor, KeyArgs};
+use crate::actors::key::{KeyMsg, KeyReport, ReportTo, Request, RetireTarget, Routed};
 use crate::actors::lifecycle::Phase;
 use crate::actors::{DisposerMsg, Shared};
 use crate::error::PoolError;
 use crate::ids::Fence;
 use crate::ids::RetireCause;
 use crate::lease::InstanceId;
-use crate::messages::{Internal, KeyMsg, KeyReport, Request, RetireTarget, SupervisorInternal, SupervisorMsg};
 use crate::restart::RestartState;
 use crate::telemetry::{CoolingKey, Metrics, Stats};
 
 mod counters;
+mod protocol;
 mod retire;
 mod shutdown;
+
+pub use protocol::SupervisorMsg;
+pub(crate) use protocol::{Internal, SupervisorInternal};
 
 use shutdown::Life;
 
@@ -73,7 +77,7 @@ enum View<T: Send + Sync + 'static> {
     Ready {
         instance: InstanceId,
         expires_at: Option<Instant>,
-        probe: std::sync::Weak<crate::instance::Instance<T>>,
+        leases: std::sync::Weak<crate::instance::Instance<T>>,
     },
     /// Nothing resident and nothing in flight.
     Idle,
@@ -157,7 +161,7 @@ impl<T: Send + Sync + 'static> Entry<T> {
                 // The key actor holds one strong reference; any more are leases
                 // (or, for a moment, a read-view lookup checking the hit rule:
                 // the skip of leased keys is best effort).
-                View::Ready { probe, .. } => probe.strong_count() <= 1,
+                View::Ready { leases, .. } => leases.strong_count() <= 1,
             }
     }
 }
@@ -196,6 +200,8 @@ pub(crate) struct SupervisorState<T: Send + Sync + 'static> {
     sweep: Option<JoinHandle<()>>,
     /// Serving, shutting down, or done and draining its mailbox.
     life: Life,
+    /// How key actors report to this actor; one for all of them.
+    report_to: ReportTo<T>,
 }
 
 impl<T: Send + Sync + 'static> SupervisorState<T> {
@@ -217,7 +223,7 @@ impl<T: Send + Sync + 'static> SupervisorState<T> {
         let args = KeyArgs {
             key: key.clone(),
             shared: self.shared.clone(),
-            supervisor: myself.clone(),
+            report_to: self.report_to.clone(),
             restart: self.dormant.remove(key).unwrap_or_default(),
         };
         let (actor, _) = Actor::spawn_linked(None, KeyActor::new(), args, myself.get_cell()).await?;
@@ -261,8 +267,11 @@ impl<T: Send + Sync + 'static> SupervisorState<T> {
     /// A caller's request (one the read view could not serve): handed to the
     /// key's actor, or answered here when the key has no actor and is
     /// cooling down for the credentials the caller presents.
-    async fn get(&mut self, myself: &ActorRef<SupervisorMsg<T>>, key: Arc<str>, mut request: Request<T>) {
-        request.fence = self.shared.view.fence();
+    async fn get(&mut self, myself: &ActorRef<SupervisorMsg<T>>, key: Arc<str>, request: Request<T>) {
+        let request = Routed {
+            fence: self.shared.view.fence(),
+            request,
+        };
         let Err(KeyMsg::Get(request)) = self.send_to_resident(&key, KeyMsg::Get(request)) else {
             return;
         };
@@ -271,7 +280,7 @@ impl<T: Send + Sync + 'static> SupervisorState<T> {
             .get(&key)
             .and_then(|r| r.cooling(Instant::now(), request.hash))
         {
-            request.answer(Err(PoolError::CoolingDown {
+            request.respond(Err(PoolError::CoolingDown {
                 key: key.to_string(),
                 retry_after,
             }));
@@ -407,7 +416,7 @@ impl<T: Send + Sync + 'static> SupervisorState<T> {
             KeyReport::Ready {
                 instance,
                 expires_at,
-                probe,
+                leases,
                 published,
             } => {
                 if let Some(at) = expires_at {
@@ -422,7 +431,7 @@ impl<T: Send + Sync + 'static> SupervisorState<T> {
                 entry.view = View::Ready {
                     instance,
                     expires_at,
-                    probe,
+                    leases,
                 };
             }
             KeyReport::Idle { seen, restart } => {
@@ -531,7 +540,14 @@ impl<T: Send + Sync + 'static> Actor for SupervisorActor<T> {
             paced: VecDeque::new(),
             tick_scheduled: false,
             sweep,
-            life: Life::Serving,
+            life: Life::Running,
+            report_to: {
+                let supervisor = myself.clone();
+                Arc::new(move |key, actor, report| {
+                    let report = SupervisorInternal::Report { key, actor, report };
+                    supervisor.send_message(report.into()).is_ok()
+                })
+            },
         })
     }
 
@@ -545,19 +561,22 @@ impl<T: Send + Sync + 'static> Actor for SupervisorActor<T> {
             SupervisorMsg::Internal(Internal(msg)) => match msg {
                 SupervisorInternal::Get { key, request } => {
                     if state.life.refuses_work() {
-                        request.answer(Err(PoolError::ShutDown));
+                        request.respond(Err(PoolError::ShutDown));
                         return Ok(());
                     }
                     state.get(&myself, key, request).await;
                 }
-                SupervisorInternal::Insert { key, mut insert } => {
+                SupervisorInternal::Insert { key, insert } => {
                     if state.life.refuses_work() {
                         if let Some(reply) = insert.reply {
                             let _ = reply.send(Err(PoolError::ShutDown));
                         }
                         return Ok(());
                     }
-                    insert.fence = state.shared.view.fence();
+                    let insert = Routed {
+                        fence: state.shared.view.fence(),
+                        request: insert,
+                    };
                     state.route(&myself, key, KeyMsg::Insert(insert)).await;
                 }
                 SupervisorInternal::Refresh { key, version, reply } => {

@@ -10,9 +10,10 @@ use ractor::{ActorRef, RpcReplyPort};
 use tokio::time::Instant;
 
 use super::{Retirement, Standing, SupervisorState, Used, View};
+use crate::actors::key::{KeyMsg, RetireTarget};
+use crate::actors::supervisor::{SupervisorInternal, SupervisorMsg};
 use crate::ids::Fence;
 use crate::ids::RetireCause;
-use crate::messages::{KeyMsg, RetireTarget, SupervisorInternal, SupervisorMsg};
 
 /// Most pending `Retire`s sent at once (see `SupervisorState::paced`).
 const RETIRE_BATCH: usize = 16;

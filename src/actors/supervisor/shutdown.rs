@@ -12,18 +12,20 @@ use tokio::time::Instant;
 
 use super::SupervisorState;
 use crate::actors::DisposerMsg;
+use crate::actors::key::KeyMsg;
 use crate::actors::lifecycle::Phase;
-use crate::messages::{KeyMsg, SupervisorInternal, SupervisorMsg};
+use crate::actors::supervisor::{SupervisorInternal, SupervisorMsg};
 use crate::telemetry::ShutdownReport;
 
-/// How far the supervisor is in the pool's life.
+/// How far the supervisor is in the pool's life (the words of the pool's
+/// `Phase`, which it advances).
 #[derive(Debug)]
 pub(super) enum Life {
     /// Serving calls.
-    Serving,
+    Running,
     /// `shutdown` has begun: new work is refused; these callers wait for the
     /// report, and the disposer gets `deadline` to finish its hooks.
-    ShuttingDown {
+    Stopping {
         replies: Vec<RpcReplyPort<ShutdownReport>>,
         /// When the shutdown must be over, builds and hooks or not (`None`:
         /// a deadline too far for the clock, never).
@@ -32,13 +34,13 @@ pub(super) enum Life {
     /// The report is made. The mailbox drains (ractor admits no new message
     /// once `drain` is called, and every message admitted before it is
     /// handled) and the actor stops; a `Shutdown` still in it gets this report.
-    Done(ShutdownReport),
+    Closed(ShutdownReport),
 }
 
 impl Life {
     /// Whether new calls are refused with `ShutDown`.
     pub(super) fn refuses_work(&self) -> bool {
-        !matches!(self, Life::Serving)
+        !matches!(self, Life::Running)
     }
 }
 
@@ -51,16 +53,16 @@ impl<T: Send + Sync + 'static> SupervisorState<T> {
         reply: Option<RpcReplyPort<ShutdownReport>>,
     ) {
         match &mut self.life {
-            Life::Serving => {
+            Life::Running => {
                 let deadline = Instant::now().checked_add(deadline);
-                self.life = Life::ShuttingDown {
+                self.life = Life::Stopping {
                     replies: reply.into_iter().collect(),
                     deadline,
                 };
                 self.begin_shutdown(myself, deadline);
             }
-            Life::ShuttingDown { replies, .. } => replies.extend(reply),
-            Life::Done(report) => {
+            Life::Stopping { replies, .. } => replies.extend(reply),
+            Life::Closed(report) => {
                 if let Some(reply) = reply {
                     let _ = reply.send(report.clone());
                 }
@@ -106,7 +108,7 @@ impl<T: Send + Sync + 'static> SupervisorState<T> {
     /// Every key actor is done: drain the disposer (off this mailbox, so that
     /// `stats` and late calls are still answered meanwhile) and make the report.
     pub(super) fn keys_shut_down(&mut self, myself: &ActorRef<SupervisorMsg<T>>, retired: u64, abandoned: bool) {
-        let Life::ShuttingDown { deadline, .. } = self.life else {
+        let Life::Stopping { deadline, .. } = self.life else {
             return;
         };
         // The hooks get what is left of the deadline (a build abandoned at
@@ -136,7 +138,7 @@ impl<T: Send + Sync + 'static> SupervisorState<T> {
     /// The report is ready: answer every shutdown caller, then drain.
     pub(super) fn shutdown_done(&mut self, myself: &ActorRef<SupervisorMsg<T>>, report: ShutdownReport) {
         let replies = match &mut self.life {
-            Life::ShuttingDown { replies, .. } => std::mem::take(replies),
+            Life::Stopping { replies, .. } => std::mem::take(replies),
             _ => Vec::new(),
         };
         tracing::info!(
@@ -146,7 +148,7 @@ impl<T: Send + Sync + 'static> SupervisorState<T> {
             deadline_passed = report.deadline_passed,
             "pool shut down"
         );
-        self.life = Life::Done(report);
+        self.life = Life::Closed(report);
         // Not `stop`: a stop drops what is still in the mailbox, and a call
         // racing it could be left unanswered. `drain` closes admission
         // (later sends fail at once, which callers see as `ShutDown`) and
@@ -158,7 +160,7 @@ impl<T: Send + Sync + 'static> SupervisorState<T> {
         // after `shutdown` returned can no longer reach this mailbox, and
         // calls still waiting on user code (a probe) give up now.
         self.shared.lifecycle.advance(Phase::Closed);
-        if let Life::Done(report) = &self.life {
+        if let Life::Closed(report) = &self.life {
             for reply in replies {
                 let _ = reply.send(report.clone());
             }

@@ -1,6 +1,12 @@
 //! The key actor: owns the current instance of one key, checks every
 //! request against it, runs the factory (off its mailbox) and answers
-//! everyone waiting on a build.
+//! everyone waiting on a build. Its protocol is in `protocol.rs`.
+
+mod protocol;
+
+pub(crate) use protocol::{
+    Factory, InsertRequest, KeyMsg, KeyReport, KeyShutdown, RefreshReply, ReportTo, Request, RetireTarget, Routed,
+};
 
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
@@ -20,10 +26,6 @@ use crate::ids::RetireCause;
 use crate::ids::{Fence, InstanceId};
 use crate::instance::Instance;
 use crate::lease::Lease;
-use crate::messages::{
-    Factory, InsertRequest, KeyMsg, KeyReport, KeyShutdown, RefreshReply, Request, RetireTarget, SupervisorInternal,
-    SupervisorMsg,
-};
 use crate::restart::{Deadline, RestartState, Verdict};
 use crate::telemetry::Metrics;
 use crate::telemetry::Timer;
@@ -44,7 +46,8 @@ impl<T> KeyActor<T> {
 pub(crate) struct KeyArgs<T: Send + Sync + 'static> {
     pub(crate) key: Arc<str>,
     pub(crate) shared: Arc<Shared<T>>,
-    pub(crate) supervisor: ActorRef<SupervisorMsg<T>>,
+    /// Where reports go: the supervisor.
+    pub(crate) report_to: ReportTo<T>,
     /// Failure history the supervisor kept from an earlier actor of this key.
     pub(crate) restart: RestartState,
 }
@@ -126,7 +129,7 @@ struct Build<T: Send + Sync + 'static> {
     /// supervisor (see `ReadView::fence`).
     fence: Fence,
     /// Everyone sharing this build's result; all presented `hash`.
-    waiters: Vec<Request<T>>,
+    waiters: Vec<Routed<Request<T>>>,
     /// Identifies the current attempt; results of older attempts are ignored.
     attempt: u64,
     retries_done: u32,
@@ -178,12 +181,13 @@ enum Reported {
     Idle(u64),
 }
 
-/// Whether a key actor serves, or is shutting down.
+/// Whether a key actor serves, or is shutting down (the words of the
+/// pool's `Phase`).
 enum KeyPhase {
-    Serving,
+    Running,
     /// Refusing new work; `reply` (the supervisor's `Shutdown`) is answered
     /// once no build is in flight, and then taken.
-    ShuttingDown {
+    Stopping {
         reply: Option<RpcReplyPort<KeyShutdown>>,
         /// Whether a build was dropped at the deadline.
         abandoned: bool,
@@ -194,12 +198,12 @@ enum KeyPhase {
 pub(crate) struct KeyState<T: Send + Sync + 'static> {
     key: Arc<str>,
     shared: Arc<Shared<T>>,
-    supervisor: ActorRef<SupervisorMsg<T>>,
+    report_to: ReportTo<T>,
     current: Option<Current<T>>,
     build: Option<Build<T>>,
     /// Requests that could not join the build in flight (another hash, or the
     /// build went stale); handled in order once it finishes.
-    queued: VecDeque<Request<T>>,
+    queued: VecDeque<Routed<Request<T>>>,
     restart: RestartState,
     /// Supervisor messages processed: lets the supervisor stop an idle actor
     /// only when nothing it sent is still in the mailbox.
@@ -232,7 +236,7 @@ pub(crate) struct KeyState<T: Send + Sync + 'static> {
 
 impl<T: Send + Sync + 'static> KeyState<T> {
     fn shutting_down(&self) -> bool {
-        matches!(self.phase, KeyPhase::ShuttingDown { .. })
+        matches!(self.phase, KeyPhase::Stopping { .. })
     }
 
     fn metrics(&self) -> &Metrics {
@@ -240,14 +244,14 @@ impl<T: Send + Sync + 'static> KeyState<T> {
     }
 
     /// Serves `request` from the current instance, or joins or starts a build.
-    fn request(&mut self, myself: &ActorRef<KeyMsg<T>>, request: Request<T>) {
+    fn request(&mut self, myself: &ActorRef<KeyMsg<T>>, request: Routed<Request<T>>) {
         let now = Instant::now();
         if self.shutting_down() {
-            request.answer(Err(PoolError::ShutDown));
+            request.respond(Err(PoolError::ShutDown));
             return;
         }
         if let Some(retry_after) = self.restart.cooling(now, request.hash) {
-            request.answer(Err(self.cooling_error(retry_after)));
+            request.respond(Err(self.cooling_error(retry_after)));
             return;
         }
         if let Some(current) = self.current.as_ref() {
@@ -262,7 +266,7 @@ impl<T: Send + Sync + 'static> KeyState<T> {
                     if !request.counted {
                         self.shared.metrics.hits.add(1);
                     }
-                    request.answer(Ok(Lease::new(&current.instance)));
+                    request.respond(Ok(Lease::new(&current.instance)));
                     return;
                 }
                 Some(cause) => {
@@ -287,9 +291,9 @@ impl<T: Send + Sync + 'static> KeyState<T> {
         }
     }
 
-    fn start_build(&mut self, myself: &ActorRef<KeyMsg<T>>, mut request: Request<T>) {
+    fn start_build(&mut self, myself: &ActorRef<KeyMsg<T>>, mut request: Routed<Request<T>>) {
         let Some(attempts) = request.attempts.start() else {
-            request.answer(Err(crate::factory::discarded(&self.key)));
+            request.respond(Err(crate::factory::discarded(&self.key)));
             return;
         };
         // Cloned, not taken: if this build is discarded, the request is
@@ -430,7 +434,7 @@ impl<T: Send + Sync + 'static> KeyState<T> {
                     Metrics::bump(&self.metrics().refreshes);
                 }
                 for (waiter, lease) in build.waiters.drain(..).zip(leases) {
-                    waiter.answer(Ok(lease));
+                    waiter.respond(Ok(lease));
                 }
                 if build.refresh.is_some() {
                     self.refresh_failures = 0;
@@ -462,7 +466,7 @@ impl<T: Send + Sync + 'static> KeyState<T> {
                 }
                 build.answer_refresh(&Err(error.clone()));
                 for waiter in build.waiters {
-                    waiter.answer(Err(error.clone()));
+                    waiter.respond(Err(error.clone()));
                 }
             }
         }
@@ -626,7 +630,7 @@ impl<T: Send + Sync + 'static> KeyState<T> {
     }
 
     /// Puts requests back at the head of the queue and handles the queue.
-    fn requeue_front(&mut self, requests: Vec<Request<T>>) {
+    fn requeue_front(&mut self, requests: Vec<Routed<Request<T>>>) {
         for request in requests.into_iter().rev() {
             self.queued.push_front(request);
         }
@@ -654,7 +658,7 @@ impl<T: Send + Sync + 'static> KeyState<T> {
             let mut build = self.build.take().expect("checked above");
             build.answer_refresh(&self.refresh_declined());
             for waiter in build.waiters {
-                waiter.answer(Err(PoolError::ShutDown));
+                waiter.respond(Err(PoolError::ShutDown));
             }
             self.drain_queue(myself);
             return;
@@ -664,7 +668,7 @@ impl<T: Send + Sync + 'static> KeyState<T> {
         self.run_attempt(myself);
     }
 
-    fn insert(&mut self, insert: InsertRequest<T>) {
+    fn insert(&mut self, Routed { fence, request: insert }: Routed<InsertRequest<T>>) {
         Metrics::bump(&self.metrics().inserts);
         let instance = Instance::new(
             insert.value,
@@ -682,7 +686,7 @@ impl<T: Send + Sync + 'static> KeyState<T> {
                 build.stale.get_or_insert(RetireCause::Replaced);
             }
             let expires_at = self.shared.settings.expiry(insert.ttl, Instant::now());
-            self.set_current(instance, insert.hash, expires_at, insert.fence, None, insert.ttl);
+            self.set_current(instance, insert.hash, expires_at, fence, None, insert.ttl);
         }
         if let Some(reply) = insert.reply {
             let result = if self.shutting_down() {
@@ -837,13 +841,13 @@ impl<T: Send + Sync + 'static> KeyState<T> {
         deadline: Option<Instant>,
         reply: RpcReplyPort<KeyShutdown>,
     ) {
-        self.phase = KeyPhase::ShuttingDown {
+        self.phase = KeyPhase::Stopping {
             reply: Some(reply),
             abandoned: false,
         };
         self.retire_current(RetireCause::Shutdown);
         for request in self.queued.drain(..) {
-            request.answer(Err(PoolError::ShutDown));
+            request.respond(Err(PoolError::ShutDown));
         }
         for (_, reply) in self.deferred_refreshes.drain(..) {
             let _ = reply.send(Err(PoolError::ShutDown));
@@ -853,7 +857,7 @@ impl<T: Send + Sync + 'static> KeyState<T> {
             let mut build = self.build.take().expect("checked above");
             build.answer_refresh(&Err(PoolError::ShutDown));
             for waiter in build.waiters {
-                waiter.answer(Err(PoolError::ShutDown));
+                waiter.respond(Err(PoolError::ShutDown));
             }
         }
         // A build that runs past the deadline is dropped then: the shutdown
@@ -869,7 +873,7 @@ impl<T: Send + Sync + 'static> KeyState<T> {
     /// is aborted (which drops the factory's future) and everyone waiting
     /// on it is answered `ShutDown`.
     fn abandon(&mut self) {
-        let KeyPhase::ShuttingDown { abandoned, .. } = &mut self.phase else {
+        let KeyPhase::Stopping { abandoned, .. } = &mut self.phase else {
             return;
         };
         let Some(mut build) = self.build.take() else {
@@ -882,7 +886,7 @@ impl<T: Send + Sync + 'static> KeyState<T> {
         tracing::warn!(key = %self.key, "build still running at the shutdown deadline: abandoned");
         build.answer_refresh(&Err(PoolError::ShutDown));
         for waiter in build.waiters {
-            waiter.answer(Err(PoolError::ShutDown));
+            waiter.respond(Err(PoolError::ShutDown));
         }
     }
 
@@ -895,12 +899,12 @@ impl<T: Send + Sync + 'static> KeyState<T> {
 
     /// Tells the supervisor what changed, and finishes a shutdown.
     fn after_message(&mut self, myself: &ActorRef<KeyMsg<T>>) {
-        if let KeyPhase::ShuttingDown { reply, abandoned } = &mut self.phase {
+        if let KeyPhase::Stopping { reply, abandoned } = &mut self.phase {
             if self.build.is_none()
                 && let Some(reply) = reply.take()
             {
                 for request in self.queued.drain(..) {
-                    request.answer(Err(PoolError::ShutDown));
+                    request.respond(Err(PoolError::ShutDown));
                 }
                 let _ = reply.send(KeyShutdown {
                     retired: self.retired_by_shutdown,
@@ -942,7 +946,7 @@ impl<T: Send + Sync + 'static> KeyState<T> {
                 KeyReport::Ready {
                     instance,
                     expires_at: current.expires_at,
-                    probe: Arc::downgrade(&current.instance),
+                    leases: Arc::downgrade(&current.instance),
                     published,
                 }
             }
@@ -954,12 +958,7 @@ impl<T: Send + Sync + 'static> KeyState<T> {
             }
             Reported::Nothing => return,
         };
-        let msg = SupervisorInternal::Report {
-            key: self.key.clone(),
-            actor: myself.get_id(),
-            report,
-        };
-        let _ = self.supervisor.send_message(msg.into());
+        (self.report_to)(self.key.clone(), myself.get_id(), report);
     }
 }
 
@@ -976,7 +975,7 @@ impl<T: Send + Sync + 'static> Actor for KeyActor<T> {
         Ok(KeyState {
             key: args.key,
             shared: args.shared,
-            supervisor: args.supervisor,
+            report_to: args.report_to,
             current: None,
             build: None,
             queued: VecDeque::new(),
@@ -984,7 +983,7 @@ impl<T: Send + Sync + 'static> Actor for KeyActor<T> {
             seen: 0,
             reported: Reported::Nothing,
             next_attempt: 0,
-            phase: KeyPhase::Serving,
+            phase: KeyPhase::Running,
             retired_by_shutdown: 0,
             unseen_use: 0,
             version: 0,
