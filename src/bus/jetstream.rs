@@ -93,6 +93,23 @@ impl Outbox for JetStreamOutbox {
             .map(drop)
             .map_err(|e| BusError::transport("waiting for JetStream's acknowledgement", e))
     }
+
+    /// Every message to the server in turn (one connection keeps their
+    /// order, so the stream stores them in it), then their acknowledgements
+    /// awaited together.
+    async fn send_batch(&self, payloads: Vec<Vec<u8>>) -> Vec<Result<(), BusError>> {
+        let mut acks = Vec::with_capacity(payloads.len());
+        for payload in payloads {
+            let sent = self.context.publish(self.subject.clone(), payload.into()).await;
+            acks.push(sent.map_err(|e| BusError::transport("publishing to JetStream", e)));
+        }
+        futures::future::join_all(acks.into_iter().map(|ack| async move {
+            ack?.await
+                .map(drop)
+                .map_err(|e| BusError::transport("waiting for JetStream's acknowledgement", e))
+        }))
+        .await
+    }
 }
 
 impl JetStreamBus {

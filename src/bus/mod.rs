@@ -9,6 +9,9 @@
 //!   (messages, disconnects, reconnects, losses): echo, replay, window,
 //!   gap and publisher-restart handling, and [`Recovery`]; also
 //!   [`Pool::apply`](crate::Pool::apply) and [`Pool::listen`](crate::Pool::listen).
+//! - `publisher.rs`: [`Publisher`], the one publishing shape every
+//!   transport shares, and [`Outbox`], a transport's sending half: one task
+//!   per publisher stamps and sends in one order, in batches.
 //! - One file per transport, each giving a [`Publisher`] and an `attach`:
 //!   [`LocalBus`] (in process), and behind features `redis::RedisBus`
 //!   (pub/sub), `redis_streams::RedisStreamBus` (durable), `nats::NatsBus`
@@ -30,12 +33,10 @@
 //! out-of-window ones when a signing key is set, and replays.
 
 use std::fmt;
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::PoolError;
-use crate::pool::Pool;
 
 #[cfg(feature = "nats")]
 pub mod jetstream;
@@ -43,6 +44,7 @@ mod listener;
 mod local;
 #[cfg(feature = "nats")]
 pub mod nats;
+mod publisher;
 #[cfg(feature = "redis")]
 pub mod redis;
 #[cfg(feature = "redis")]
@@ -52,6 +54,7 @@ pub mod wire;
 pub use crate::bus_stats::BusStats;
 pub use listener::BusEvent;
 pub use local::{LocalBus, LocalOutbox, LocalPublisher};
+pub use publisher::{Outbox, Publisher};
 pub use wire::{Invalidation, MIN_KEY_LEN, Scope, SigningKey, Stamper, WIRE_VERSION, new_origin};
 
 /// How far a signed message's timestamp may be from the time it was
@@ -155,7 +158,6 @@ impl From<PoolError> for BusError {
 
 impl BusError {
     /// A transport error: `context` says what was being done.
-    #[cfg_attr(not(any(feature = "redis", feature = "nats")), allow(dead_code))]
     pub(crate) fn transport(
         context: impl Into<String>,
         source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -229,69 +231,6 @@ impl ListenOptions {
             origin: origin.into(),
             ..Default::default()
         }
-    }
-}
-
-/// The sending half of a transport: hands one encoded message to the
-/// server. Implement it to publish over a transport of your own with a
-/// [`Publisher`].
-pub trait Outbox: Send + Sync + 'static {
-    /// Sends one encoded message; returns once the transport has taken it
-    /// (for the server-backed transports: the server has it).
-    fn send(&self, payload: Vec<u8>) -> impl Future<Output = Result<(), BusError>> + Send;
-}
-
-/// Publishes invalidations from one origin over one transport: stamps,
-/// signs, and hands the bytes to the transport's [`Outbox`]. Every
-/// transport's publisher is this type, so they all have one shape.
-#[derive(Debug)]
-pub struct Publisher<O> {
-    stamper: Stamper,
-    outbox: O,
-}
-
-impl<O: Outbox> Publisher<O> {
-    /// A publisher stamping with `stamper` and sending through `outbox`.
-    pub fn new(stamper: Stamper, outbox: O) -> Self {
-        Publisher { stamper, outbox }
-    }
-
-    /// The origin id stamped on every message.
-    pub fn origin(&self) -> &str {
-        self.stamper.origin()
-    }
-
-    /// Publishes an invalidation of `scope` to every other instance.
-    ///
-    /// This instance's own listener ignores it (an echo): to retire it here
-    /// too, use [`invalidate`](Self::invalidate).
-    ///
-    /// # Errors
-    ///
-    /// [`BusError::Transport`] when the transport could not take it; the
-    /// message's sequence number is then skipped, so listeners see a gap.
-    pub async fn publish(&self, scope: Scope) -> Result<(), BusError> {
-        self.outbox.send(self.stamper.stamp(scope)).await
-    }
-
-    /// Retires `scope` in `pool` (this instance) at once, then publishes it
-    /// to every other instance. Returns how many keys it retired here.
-    ///
-    /// # Errors
-    ///
-    /// [`BusError::Pool`] if `pool` is shutting down (nothing is published
-    /// then), [`BusError::Transport`] if publishing failed (the local
-    /// retirement has happened).
-    pub async fn invalidate<T: Send + Sync + 'static>(&self, pool: &Pool<T>, scope: Scope) -> Result<usize, BusError> {
-        let retired = listener::apply(pool, &scope).await?;
-        self.publish(scope).await?;
-        Ok(retired)
-    }
-
-    /// Publishes raw bytes, as any other (possibly foreign or hostile)
-    /// publisher could.
-    pub async fn publish_raw(&self, bytes: Vec<u8>) -> Result<(), BusError> {
-        self.outbox.send(bytes).await
     }
 }
 

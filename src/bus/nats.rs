@@ -242,6 +242,23 @@ impl Outbox for NatsOutbox {
             .await
             .map_err(|e| BusError::transport("flushing to NATS", e))
     }
+
+    /// Every message into the client's queue in turn (one connection keeps
+    /// their order), then one flush for them all.
+    async fn send_batch(&self, payloads: Vec<Vec<u8>>) -> Vec<Result<(), BusError>> {
+        let mut results = Vec::with_capacity(payloads.len());
+        for payload in payloads {
+            let sent = self.client.publish(self.subject.clone(), payload.into()).await;
+            results.push(sent.map_err(|e| BusError::transport("publishing to NATS", e)));
+        }
+        if let Err(e) = self.client.flush().await {
+            let error = BusError::transport("flushing to NATS", e);
+            for result in results.iter_mut().filter(|result| result.is_ok()) {
+                *result = Err(error.clone());
+            }
+        }
+        results
+    }
 }
 
 impl NatsBus {

@@ -28,7 +28,7 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 
 use crate::bus::listener::{self, BusEvent, EventSink};
-use crate::bus::redis::{manager, open};
+use crate::bus::redis::{manager, open, send_pipeline};
 use crate::bus::{BusError, ListenOptions, Outbox, Publisher, SigningKey, Stamper};
 use crate::pool::Pool;
 
@@ -123,6 +123,22 @@ impl Outbox for RedisStreamOutbox {
             .await
             .map(drop)
             .map_err(|e| BusError::transport("XADD", e))
+    }
+
+    /// One pipeline: the entries are added in order, in one round trip.
+    async fn send_batch(&self, payloads: Vec<Vec<u8>>) -> Vec<Result<(), BusError>> {
+        let mut pipe = redis::pipe();
+        for payload in &payloads {
+            pipe.cmd("XADD")
+                .arg(&self.stream)
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(self.max_len)
+                .arg("*")
+                .arg("m")
+                .arg(payload);
+        }
+        send_pipeline(&self.connection, &mut pipe, "XADD").await
     }
 }
 
