@@ -238,6 +238,12 @@ impl JetStreamBus {
                             }
                         }
                         last = seq;
+                        // The server's clock: it sets a message's store time,
+                        // and no publish option does. (It reaches us in the
+                        // delivery's reply subject, so it is as trustworthy
+                        // as the rule that only the server publishes to this
+                        // client's inbox.) With it on every message, the
+                        // listener needs no `CaughtUp` after a `Resumed`.
                         let stored_at_us = u64::try_from(info.published.unix_timestamp_nanos() / 1_000).ok();
                         BusEvent::Message { payload: message.payload.to_vec(), stored_at_us }
                     }

@@ -18,6 +18,7 @@ use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use crate::bus::window::Link;
 use crate::bus::wire::now_us;
 use crate::bus::{BusError, Invalidation, ListenOptions, Recovery, Scope, reconnect_delay};
 use crate::bus_stats::{BusCount, BusMetrics};
@@ -43,19 +44,32 @@ pub enum BusEvent {
         /// The wire bytes.
         payload: Vec<u8>,
         /// When a durable transport's server stored it (µs since the Unix
-        /// epoch), if known. A signed message's timestamp is checked against
-        /// this instead of the time of receipt, so replaying a log after a
-        /// long disconnect is not mistaken for a replay attack.
+        /// epoch), by the server's own clock, if known. A signed message's
+        /// timestamp is checked against this instead of the time of
+        /// receipt, so replaying a log after a long disconnect is not
+        /// mistaken for a replay attack. Give it only when no writer can
+        /// choose it (JetStream's store time, not a Redis Stream entry id);
+        /// otherwise give `None`, and send [`Resumed`](BusEvent::Resumed)
+        /// and [`CaughtUp`](BusEvent::CaughtUp) around the replay.
         stored_at_us: Option<u64>,
     },
     /// The connection was lost; the transport is reconnecting.
     Disconnected,
     /// An at-most-once transport is receiving again after a lost connection:
-    /// messages may have been missed, so the recovery is applied.
+    /// messages may have been missed, so the recovery is applied. Send it
+    /// once the subscription is in place again: the recovery covers what
+    /// was published until then.
     Reconnected,
     /// A durable transport is receiving again and reads on from where it
-    /// stopped: nothing was missed, no recovery.
+    /// stopped: nothing was missed, no recovery. Until
+    /// [`CaughtUp`](BusEvent::CaughtUp), signed messages without a stored
+    /// time may be older than the window, but not stamped more than
+    /// `max_age` before the [`Disconnected`](BusEvent::Disconnected).
     Resumed,
+    /// A durable transport that [`Resumed`](BusEvent::Resumed) has read
+    /// everything it missed: from here on a message's age is judged by the
+    /// time it is received again.
+    CaughtUp,
     /// The transport lost messages (a slow consumer, a listener that fell
     /// behind, a log that no longer holds the missed range): the recovery
     /// is applied.
@@ -87,6 +101,8 @@ pub(crate) struct Listener<T: Send + Sync + 'static> {
     durable: bool,
     /// Last position seen per origin.
     positions: HashMap<String, Position>,
+    /// The connection as the time window sees it (see `window.rs`).
+    link: Link,
 }
 
 impl<T: Send + Sync + 'static> Listener<T> {
@@ -97,6 +113,7 @@ impl<T: Send + Sync + 'static> Listener<T> {
             options,
             durable,
             positions: HashMap::new(),
+            link: Link::Live,
         }
     }
 
@@ -115,6 +132,7 @@ impl<T: Send + Sync + 'static> Listener<T> {
 
     /// Handles one event. Never fails: bad messages are counted and logged.
     pub(crate) async fn on_event(&mut self, event: BusEvent) {
+        self.link = self.link.after(&event, now_us());
         match event {
             BusEvent::Message { payload, stored_at_us } => self.on_message(&payload, stored_at_us).await,
             BusEvent::Disconnected => tracing::warn!("event bus connection lost; reconnecting"),
@@ -127,6 +145,7 @@ impl<T: Send + Sync + 'static> Listener<T> {
                 self.record(BusCount::Reconnect);
                 tracing::info!("event bus reconnected; reading on from the last applied message");
             }
+            BusEvent::CaughtUp => tracing::info!("event bus caught up with what was missed"),
             BusEvent::Lost { reason } => {
                 self.record(BusCount::Lost);
                 tracing::warn!(%reason, "event bus transport lost messages");
@@ -152,22 +171,14 @@ impl<T: Send + Sync + 'static> Listener<T> {
         }
     }
 
-    /// With a signing key, refuses a message whose timestamp is too far from
-    /// when it was stored or received: a captured message cannot be replayed
-    /// later to flush fresh listeners.
+    /// With a signing key, refuses a message whose timestamp is outside the
+    /// window (see `window.rs`): a captured message cannot be replayed later
+    /// to flush fresh listeners.
     fn check_window(&self, message: Invalidation, stored_at_us: Option<u64>) -> Result<Invalidation, BusError> {
-        let max_age = u64::try_from(self.options.max_age.as_micros()).unwrap_or(u64::MAX);
-        if self.options.signing_key.is_none() || max_age == 0 {
+        if self.options.signing_key.is_none() {
             return Ok(message);
         }
-        let skew = message.ts_us.abs_diff(stored_at_us.unwrap_or_else(now_us));
-        if skew <= max_age {
-            return Ok(message);
-        }
-        Err(BusError::Stale {
-            origin: message.origin,
-            skew: Duration::from_micros(skew - max_age),
-        })
+        self.link.check(message, stored_at_us, now_us(), self.options.max_age)
     }
 
     /// Handles one decoded, verified message: ignores echoes and replays,

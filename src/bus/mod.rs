@@ -7,7 +7,8 @@
 //!   signing ([`SigningKey`]) and the per-origin [`Stamper`].
 //! - `listener.rs`: the one loop every transport feeds with [`BusEvent`]s
 //!   (messages, disconnects, reconnects, losses): echo, replay, window,
-//!   gap and publisher-restart handling, and [`Recovery`]; also
+//!   gap and publisher-restart handling, and [`Recovery`]; `window.rs`:
+//!   which clock a signed message's age is judged by; also
 //!   [`Pool::apply`](crate::Pool::apply) and [`Pool::listen`](crate::Pool::listen).
 //! - `publisher.rs`: [`Publisher`], the one publishing shape every
 //!   transport shares, and [`Outbox`], a transport's sending half: one task
@@ -49,6 +50,7 @@ mod publisher;
 pub mod redis;
 #[cfg(feature = "redis")]
 pub mod redis_streams;
+mod window;
 pub mod wire;
 
 pub use crate::bus_stats::BusStats;
@@ -58,7 +60,7 @@ pub use publisher::{Outbox, Publisher};
 pub use wire::{Invalidation, MIN_KEY_LEN, Scope, SigningKey, Stamper, WIRE_VERSION, new_origin};
 
 /// How far a signed message's timestamp may be from the time it was
-/// received (or stored, on a durable transport), by default.
+/// received (or stored, on JetStream), by default.
 pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(300);
 
 /// A shared, type-erased error from a transport's client.
@@ -198,11 +200,13 @@ pub struct ListenOptions {
     /// [`Recovery::FlushAll`].
     pub recovery: Recovery,
     /// With a signing key: how far a message's timestamp may be from the
-    /// time it was received (on a durable transport, the time the server
-    /// stored it, so that replaying a log is not mistaken for an attack).
-    /// Outside it, the message is rejected, so a captured message cannot be
-    /// replayed later. Defaults to [`DEFAULT_MAX_AGE`] (5 minutes); zero
-    /// turns the check off.
+    /// time it was received. On JetStream it is the time the server stored
+    /// it instead, and a Redis Streams listener reading what it missed after
+    /// its own disconnect also accepts messages stamped up to `max_age`
+    /// before it lost its connection, so that replaying a log is not
+    /// mistaken for an attack. Outside it, the message is rejected, so a
+    /// captured message cannot be replayed later. Defaults to
+    /// [`DEFAULT_MAX_AGE`] (5 minutes); zero turns the check off.
     pub max_age: Duration,
     /// With a signing key: also accept signed version-1 messages. Only for
     /// the migration from version 1 (turn it on in listeners, upgrade the
