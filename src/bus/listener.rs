@@ -9,7 +9,6 @@
 //! is dropped (at once: it waits on the pool's supervisor actor), or when
 //! the pump ends.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +17,7 @@ use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use crate::bus::origins::{Origins, Step};
 use crate::bus::window::Link;
 use crate::bus::wire::now_us;
 use crate::bus::{BusError, Invalidation, ListenOptions, Recovery, Scope, reconnect_delay};
@@ -79,13 +79,6 @@ pub enum BusEvent {
     },
 }
 
-/// Where an origin's stream stands.
-#[derive(Debug, Clone, Copy)]
-struct Position {
-    epoch: u64,
-    seq: u64,
-}
-
 /// Applies bus messages to one pool.
 ///
 /// Owned by one listener task, so its per-origin table needs no lock. It
@@ -99,8 +92,8 @@ pub(crate) struct Listener<T: Send + Sync + 'static> {
     /// its own losses), so a restarted publisher's fresh stream means nothing
     /// was missed.
     durable: bool,
-    /// Last position seen per origin.
-    positions: HashMap<String, Position>,
+    /// Where each origin's runs stand.
+    origins: Origins,
     /// The connection as the time window sees it (see `window.rs`).
     link: Link,
 }
@@ -112,7 +105,7 @@ impl<T: Send + Sync + 'static> Listener<T> {
             metrics: pool.metrics().clone(),
             options,
             durable,
-            positions: HashMap::new(),
+            origins: Origins::default(),
             link: Link::Live,
         }
     }
@@ -182,41 +175,45 @@ impl<T: Send + Sync + 'static> Listener<T> {
     }
 
     /// Handles one decoded, verified message: ignores echoes and replays,
-    /// recovers after a gap or a publisher restart, applies it.
+    /// recovers after a gap or a publisher restart a recovery has not
+    /// already covered, applies it (rules in `origins.rs`).
     async fn on_invalidation(&mut self, message: Invalidation) {
         if message.origin == self.options.origin {
             self.record(BusCount::Echo);
             return;
         }
-        let seen = Position {
-            epoch: message.epoch,
-            seq: message.seq,
-        };
-        match self.positions.get(&message.origin).copied() {
-            None => {}
-            Some(last) if seen.epoch < last.epoch || (seen.epoch == last.epoch && seen.seq <= last.seq) => {
+        let (origin, epoch, seq) = (message.origin.as_str(), message.epoch, message.seq);
+        match self.origins.step(origin, epoch, seq) {
+            Step::First | Step::Next => {}
+            Step::Replay { last } => {
                 self.record(BusCount::Replayed);
-                tracing::warn!(origin = %message.origin, epoch = seen.epoch, seq = seen.seq, "replayed invalidation message ignored");
+                tracing::warn!(origin, epoch, seq, last, "replayed invalidation message ignored");
                 return;
             }
-            Some(last) if seen.epoch > last.epoch => {
+            Step::Restart { covered } => {
                 self.record(BusCount::Restart);
-                tracing::warn!(origin = %message.origin, epoch = seen.epoch, last_epoch = last.epoch, "publisher restarted under a known origin: a new stream");
+                tracing::warn!(
+                    origin,
+                    epoch,
+                    seq,
+                    covered,
+                    "publisher restarted under a known origin: a new run"
+                );
                 // Over pub/sub the old run's last messages may have been lost
                 // unseen; a durable log delivered them all before this one,
-                // so only a new stream that does not start at 1 lost some.
-                if !self.durable || seen.seq != 1 {
+                // so only a new run that does not start at 1 lost some. A
+                // recovery since the origin was last heard of covered them.
+                if !covered && (!self.durable || seq != 1) {
                     self.recover("a publisher restarted").await;
                 }
             }
-            Some(last) if seen.seq > last.seq + 1 => {
+            Step::Gap { last } => {
                 self.record(BusCount::Gap);
-                tracing::warn!(origin = %message.origin, seq = seen.seq, last = last.seq, "gap in invalidation sequence");
+                tracing::warn!(origin, epoch, seq, last, "gap in invalidation sequence");
                 self.recover("a gap in an origin's sequence").await;
             }
-            Some(_) => {}
         }
-        self.positions.insert(message.origin.clone(), seen);
+        self.origins.heard(origin, epoch, seq);
         let Some(pool) = self.pool.upgrade() else { return };
         if apply(&pool, &message.scope).await.is_ok() {
             self.record(BusCount::Applied);
@@ -226,7 +223,11 @@ impl<T: Send + Sync + 'static> Listener<T> {
         }
     }
 
+    /// Applies the recovery. Whatever was missed until now is then dealt
+    /// with (also under `Recovery::Nothing`, by choice), so the next message
+    /// of each origin re-bases its numbers instead of recovering again.
     async fn recover(&mut self, why: &str) {
+        self.origins.recovered();
         let scope = match &self.options.recovery {
             Recovery::FlushAll => Scope::All,
             Recovery::FlushPrefix(prefix) => Scope::Prefix(prefix.clone()),

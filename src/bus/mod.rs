@@ -7,8 +7,9 @@
 //!   signing ([`SigningKey`]) and the per-origin [`Stamper`].
 //! - `listener.rs`: the one loop every transport feeds with [`BusEvent`]s
 //!   (messages, disconnects, reconnects, losses): echo, replay, window,
-//!   gap and publisher-restart handling, and [`Recovery`]; `window.rs`:
-//!   which clock a signed message's age is judged by; also
+//!   gap and publisher-restart handling, and [`Recovery`]; `origins.rs`:
+//!   each origin's runs, and what a message is (next, copy, gap, restart);
+//!   `window.rs`: which clock a signed message's age is judged by; also
 //!   [`Pool::apply`](crate::Pool::apply) and [`Pool::listen`](crate::Pool::listen).
 //! - `publisher.rs`: [`Publisher`], the one publishing shape every
 //!   transport shares, and [`Outbox`], a transport's sending half: one task
@@ -45,6 +46,7 @@ mod listener;
 mod local;
 #[cfg(feature = "nats")]
 pub mod nats;
+mod origins;
 mod publisher;
 #[cfg(feature = "redis")]
 pub mod redis;
@@ -174,6 +176,11 @@ impl BusError {
 /// What a listener does when messages may have been missed (after a
 /// reconnect of an at-most-once transport, a gap in an origin's sequence
 /// numbers, a restarted publisher, or messages the transport lost).
+///
+/// One loss, one recovery: a recovery covers whatever was published before
+/// it, so afterwards the next message of each origin re-bases its sequence
+/// numbers without recovering again (also under [`Recovery::Nothing`]: the
+/// loss was dealt with, by choice).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum Recovery {
     /// Retire everything. The safe default.

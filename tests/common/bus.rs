@@ -594,6 +594,54 @@ pub mod scenarios {
         listen_bus.cleanup().await;
     }
 
+    /// Issue 20, 3: one loss, one recovery. A listener cut off while its
+    /// peer publishes, then a later message: an at-most-once transport
+    /// recovers once at the reconnect and the later message re-bases the
+    /// sequence (no gap, no second flush); a durable one replays what it
+    /// missed and never recovers.
+    pub async fn one_loss_one_recovery<F: Fixture>() {
+        let name = fresh("once");
+        let proxy = Proxy::start(F::ADDR).await;
+        let listen_bus = F::open(proxy.addr(), &name, 100_000).await;
+        let publish_bus = F::open(F::ADDR, &name, 100_000).await;
+        let c = Counters::new();
+        let pool = builder(&c).spawn().await.unwrap();
+        let listener = listen_bus.attach(&pool, options(&new_origin("me"))).await;
+        let publisher = publish_bus.publisher(&new_origin("peer"), None).await;
+        publisher.publish(Scope::Key("before".into())).await.unwrap();
+        wait_stats(&pool, "the first message applied", WAIT, |s| s.bus.applied == 1).await;
+        proxy.cut();
+        for i in 0..3 {
+            publisher.publish(Scope::Key(format!("missed{i}"))).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        proxy.restore();
+        // Durable: the three missed are replayed. At most once: they are
+        // gone, and the reconnect recovers.
+        let (applied, recoveries) = if F::DURABLE { (4, 0) } else { (1, 1) };
+        wait_stats(&pool, "back, and replayed or recovered", Duration::from_secs(30), |s| {
+            s.bus.reconnects >= 1 && s.bus.applied == applied && s.bus.recoveries == recoveries
+        })
+        .await;
+        warm(&pool, &c, "survivor").await;
+        publisher.publish(Scope::Key("after".into())).await.unwrap();
+        // A gap's recovery would run before the message is applied, so its
+        // counts are in by the time `applied` moves.
+        let stats = wait_stats(&pool, "the later message applied", WAIT, |s| {
+            s.bus.applied == applied + 1
+        })
+        .await;
+        let b = &stats.bus;
+        assert_eq!(
+            (b.recoveries, b.gaps, b.replayed, b.lost),
+            (recoveries, 0, 0, 0),
+            "one loss, at most one recovery"
+        );
+        assert!(stats.keys.contains(&"survivor".to_string()), "no second flush");
+        shutdown_and_join(&pool, listener).await;
+        listen_bus.cleanup().await;
+    }
+
     /// A durable listener away while more is published than the transport
     /// keeps: it cannot replay, so it flushes, and says so in `lost`.
     pub async fn missed_range_no_longer_retained_flushes<F: Fixture>() {
@@ -641,7 +689,8 @@ macro_rules! transport_suite {
             restarted_publisher_reusing_its_origin_is_applied,
             storm_of_10000_invalidations_all_applied,
             listener_cut_off_for_two_seconds,
-            sixteen_tasks_sharing_one_publisher_lose_nothing);
+            sixteen_tasks_sharing_one_publisher_lose_nothing,
+            one_loss_one_recovery);
     };
     ($fixture:ty, durable) => {
         $crate::common::bus::transport_suite!($fixture);
