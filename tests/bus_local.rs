@@ -267,8 +267,10 @@ fn short_signing_keys_are_refused() {
 }
 
 /// Issue 13, 1d: a publisher restarted under the same origin (its sequence
-/// starts again at 1) is recognised as a new stream: its invalidation is
-/// applied, the restart counted, and the recovery applied.
+/// starts again at 1) is recognised as a new run: its invalidation is
+/// applied, the restart counted, and the recovery applied. Afterwards a copy
+/// of a message from the old run is a replay (issue 20, 7e: its next message,
+/// should it still be running, is applied).
 #[tokio::test(start_paused = true)]
 async fn restarted_publisher_reusing_its_origin_is_not_a_replay() {
     let bus = LocalBus::new(64);
@@ -284,9 +286,11 @@ async fn restarted_publisher_reusing_its_origin_is_not_a_replay() {
     for key in ["rotated", "stale:x", "other"] {
         warm(&pool, &c, key).await;
     }
-    let before = bus.publisher("billing-1", None);
-    for i in 0..5 {
-        before.publish(Scope::Key(format!("n{i}"))).await.unwrap();
+    let mut before = Stamper::new("billing-1", None);
+    let first = before.stamp(Scope::Key("n0".into()));
+    bus.publish_raw(first.clone());
+    for i in 1..5 {
+        bus.publish_raw(before.stamp(Scope::Key(format!("n{i}"))));
     }
     eventually("first run applied", async || {
         pool.stats().await.unwrap().bus.applied == 5
@@ -308,12 +312,19 @@ async fn restarted_publisher_reusing_its_origin_is_not_a_replay() {
         vec!["other".to_string()],
         "rotated by message, stale:x by recovery"
     );
-    // A message from the old run arriving now is a replay.
-    before.publish(Scope::Key("other".into())).await.unwrap();
+    // A copy of the old run's first message arriving now is a replay.
+    bus.publish_raw(first);
     eventually("old run's message ignored", async || {
         pool.stats().await.unwrap().bus.replayed == 1
     })
     .await;
+    bus.publish_raw(before.stamp(Scope::Key("other".into())));
+    eventually("the old run's next message applied", async || {
+        pool.stats().await.unwrap().bus.applied == 7
+    })
+    .await;
+    let stats = pool.stats().await.unwrap();
+    assert_eq!((stats.bus.publisher_restarts, stats.bus.recoveries), (1, 1));
 }
 
 /// A replayed message is ignored; a gap in an origin's sequence triggers the
@@ -550,4 +561,68 @@ async fn a_reconnect_recovers_once_not_again_at_the_next_message() {
     assert_eq!((b.applied, b.replayed, b.reconnects), (4, 1, 1));
     assert_eq!((b.gaps, b.recoveries), (0, 1), "the one loss was recovered from once");
     assert_eq!(stats.keys, vec!["survivor".to_string()], "no second flush");
+}
+
+/// Issue 20, 7e: a publisher with a stable origin that restarts with a lower
+/// epoch (its clock stepped back) is a new run: its signed messages are
+/// applied, the restart is counted and recovered from once; copies of
+/// messages from either run are still replays, and a captured message from
+/// an unseen earlier run is refused when it is outside the time window.
+#[tokio::test(start_paused = true)]
+async fn a_publisher_whose_epoch_goes_backwards_is_a_new_run() {
+    let bus = LocalBus::new(64);
+    let c = Counters::new();
+    let pool = builder(&c).spawn().await.unwrap();
+    let k = key(1);
+    bus.attach(
+        &pool,
+        ListenOptions {
+            recovery: Recovery::FlushPrefix("stale:".into()),
+            ..signed("me", &k)
+        },
+    );
+    for key in ["stale:x", "survivor"] {
+        warm(&pool, &c, key).await;
+    }
+    let now = now_us();
+    let at = |epoch: u64, seq: u64, ts_us: u64| {
+        Invalidation {
+            origin: "billing".into(),
+            epoch,
+            seq,
+            ts_us,
+            scope: Scope::Key(format!("e{epoch}-{seq}")),
+        }
+        .encode(Some(&k))
+    };
+    let (first_run, second_run) = (now, now - 60_000_000); // the clock stepped back a minute
+    for seq in 1..=2 {
+        bus.publish_raw(at(first_run, seq, now));
+    }
+    eventually("the first run applied", async || {
+        pool.stats().await.unwrap().bus.applied == 2
+    })
+    .await;
+    for seq in 1..=2 {
+        bus.publish_raw(at(second_run, seq, now));
+    }
+    eventually("the second run applied", async || {
+        pool.stats().await.unwrap().bus.applied == 4
+    })
+    .await;
+    // Copies from both runs, then a capture from an earlier run an hour old.
+    bus.publish_raw(at(first_run, 2, now));
+    bus.publish_raw(at(second_run, 1, now));
+    bus.publish_raw(at(second_run - 1, 1, now - 3_600_000_000));
+    bus.publish_raw(at(second_run, 3, now));
+    eventually("the second run's third applied", async || {
+        pool.stats().await.unwrap().bus.applied == 5
+    })
+    .await;
+    settle().await;
+    let stats = pool.stats().await.unwrap();
+    let b = &stats.bus;
+    assert_eq!((b.applied, b.replayed, b.rejected), (5, 2, 1));
+    assert_eq!((b.publisher_restarts, b.recoveries, b.gaps), (1, 1, 0));
+    assert_eq!(stats.keys, vec!["survivor".to_string()], "stale:x by the one recovery");
 }

@@ -33,6 +33,19 @@
 //! Listeners ignore their own origin's echoes, and count and log (never
 //! apply) malformed messages, unsigned, badly signed, version-1 or
 //! out-of-window ones when a signing key is set, and replays.
+//!
+//! # Runs and replays
+//!
+//! A message's origin and epoch name its publisher's run, numbered 1, 2,
+//! 3, …; within a run, a number not above the last one heard is a replay.
+//! An epoch not heard before under a known origin is a restarted publisher,
+//! whether it is above the epochs heard or below them (a publisher with a
+//! stable origin restarting on a clock stepped back). Listeners remember
+//! the last 8 runs of each origin, so copies from any of them stay replays;
+//! a copy from a run a listener never heard, or forgot, is refused only by
+//! the time window of signed messages (`max_age`). After a recovery, the
+//! next message of each origin re-bases its numbers: one loss, one
+//! recovery.
 
 use std::fmt;
 use std::sync::Arc;

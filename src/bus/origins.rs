@@ -1,20 +1,35 @@
 //! Where each origin's messages stand, for one listener: which message is
-//! the next of its stream, which is a copy (a replay), and which shows that
+//! the next of its run, which is a copy (a replay), and which shows that
 //! something was missed (a gap, a restarted publisher).
 //!
-//! A publisher's messages are numbered 1, 2, 3, … within its run, and a
-//! larger epoch under a known origin is a restarted publisher whose numbers
-//! start again at 1. A number not above the last one heard, or an epoch
-//! below it, is a copy.
+//! # Runs
+//!
+//! A publisher's messages are numbered 1, 2, 3, … within its run, and a run
+//! is named by its origin and its epoch (the time its stamper was made).
+//! Every run is a stream of its own. A message of a run not heard of before
+//! from a known origin is a restarted publisher, whether its epoch is above
+//! the ones heard before or below them: an epoch goes backwards when a
+//! publisher with a stable origin restarts on a clock stepped back, or runs
+//! for less time than the clocks of two hosts differ. Within a run, a
+//! number not above the last one heard is a copy.
+//!
+//! The last [`RUNS_KEPT`] runs heard of each origin are remembered, so a
+//! copy of a message from any of them is refused however old its epoch; the
+//! runs before those, and runs this listener never heard, cannot be told
+//! from a new run. A signed message is also refused outside the listener's
+//! time window, so such a copy is applied only within `max_age` of its
+//! stamp: the exposure a listener started after a message was captured has
+//! anyway. Unsigned messages are not protected against copies at all
+//! (anyone can write any message), so there this only drops duplicates.
 //!
 //! # One loss, one recovery
 //!
 //! A recovery (a flush) covers whatever was published before it. So once
-//! the listener has applied one, a gap in the numbers of an origin last
-//! heard of before it, or a restart of such an origin, is what that
-//! recovery already covered: the next message re-bases the origin's
-//! numbers, with no second recovery. Each origin remembers how many
-//! recoveries had run when it was last heard of ([`Marks`]).
+//! the listener has applied one, a gap in a run last heard of before it, or
+//! a new run of an origin last heard of before it, is what that recovery
+//! already covered: the next message re-bases the run's numbers, with no
+//! second recovery. Each run remembers how many recoveries had run when it
+//! was last heard of ([`Marks`]).
 //!
 //! A message lost after the recovery and before the next one arrives is
 //! then taken as covered too. Over an at-most-once transport a listener
@@ -23,13 +38,17 @@
 
 use std::collections::HashMap;
 
-/// How many recoveries a listener had applied at some point: an origin
-/// whose mark is below the listener's count was last heard of before a
-/// recovery.
+/// Runs remembered per origin: enough for a publisher restarting several
+/// times within the time window, few enough that a long-lived origin costs
+/// little.
+pub(crate) const RUNS_KEPT: usize = 8;
+
+/// How many recoveries a listener had applied at some point: a run whose
+/// mark is below the listener's count was last heard of before a recovery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub(crate) struct Marks(u64);
 
-/// An origin's run, as last heard.
+/// One run of an origin, as last heard.
 #[derive(Debug, Clone, Copy)]
 struct Run {
     epoch: u64,
@@ -47,21 +66,21 @@ pub(crate) enum Step {
     /// The next message of its run, or the first after a recovery that
     /// covered whatever came between.
     Next,
-    /// Not above the last number heard (`last`), or from an earlier run: a
-    /// copy.
+    /// Not above the last number heard in its run (`last`): a copy.
     Replay { last: u64 },
-    /// Numbers after `last` were missed, and no recovery since covers them.
+    /// Numbers after `last` in its run were missed, and no recovery since
+    /// covers them.
     Gap { last: u64 },
-    /// A later run of a known origin: a restarted publisher. `covered`: a
-    /// recovery ran since the origin was last heard of, so whatever its
-    /// earlier run published meanwhile is covered.
+    /// A run not heard of before from a known origin: a restarted
+    /// publisher. `covered`: a recovery ran since the origin was last heard
+    /// of, so whatever its earlier run published meanwhile is covered.
     Restart { covered: bool },
 }
 
-/// The latest run heard of each origin.
+/// The runs heard of each origin, most recently heard first.
 #[derive(Debug, Default)]
 pub(crate) struct Origins {
-    runs: HashMap<String, Run>,
+    runs: HashMap<String, Vec<Run>>,
     /// Recoveries applied by the listener so far.
     recoveries: Marks,
 }
@@ -70,16 +89,18 @@ impl Origins {
     /// What message `seq` of run `epoch` of `origin` is. Changes nothing:
     /// [`heard`](Self::heard) records it once it is accepted.
     pub(crate) fn step(&self, origin: &str, epoch: u64, seq: u64) -> Step {
-        let Some(run) = self.runs.get(origin) else {
+        let Some(runs) = self.runs.get(origin) else {
             return Step::First;
         };
-        let covered = run.heard < self.recoveries;
-        match (epoch, seq) {
-            (epoch, seq) if epoch < run.epoch || (epoch == run.epoch && seq <= run.seq) => {
-                Step::Replay { last: run.seq }
-            }
-            (epoch, _) if epoch > run.epoch => Step::Restart { covered },
-            (_, seq) if seq == run.seq + 1 || covered => Step::Next,
+        let Some(run) = runs.iter().find(|run| run.epoch == epoch) else {
+            let last_heard = runs.iter().map(|run| run.heard).max().unwrap_or_default();
+            return Step::Restart {
+                covered: last_heard < self.recoveries,
+            };
+        };
+        match seq {
+            seq if seq <= run.seq => Step::Replay { last: run.seq },
+            seq if seq == run.seq + 1 || run.heard < self.recoveries => Step::Next,
             _ => Step::Gap { last: run.seq },
         }
     }
@@ -88,10 +109,23 @@ impl Origins {
     /// any recovery it caused).
     pub(crate) fn heard(&mut self, origin: &str, epoch: u64, seq: u64) {
         let heard = self.recoveries;
-        self.runs.insert(origin.to_string(), Run { epoch, seq, heard });
+        let runs = self.runs.entry(origin.to_string()).or_default();
+        let run = match runs.iter().position(|run| run.epoch == epoch) {
+            Some(i) => runs.remove(i),
+            None => Run { epoch, seq: 0, heard },
+        };
+        runs.insert(
+            0,
+            Run {
+                seq: run.seq.max(seq),
+                heard,
+                ..run
+            },
+        );
+        runs.truncate(RUNS_KEPT);
     }
 
-    /// Counts a recovery: it covers whatever every origin published until now.
+    /// Counts a recovery: it covers whatever every run published until now.
     pub(crate) fn recovered(&mut self) {
         self.recoveries.0 += 1;
     }
@@ -101,20 +135,33 @@ impl Origins {
 mod tests {
     use super::*;
 
-    /// Next, replay, gap and restart.
+    /// Next, replay and gap within a run; a new run, above or below the
+    /// epochs heard, is a restart; copies from an earlier run still replay.
     #[test]
-    fn steps() {
+    fn steps_within_and_across_runs() {
         let mut o = Origins::default();
         assert_eq!(o.step("a", 10, 1), Step::First);
         o.heard("a", 10, 1);
         assert_eq!(o.step("a", 10, 2), Step::Next);
         assert_eq!(o.step("a", 10, 1), Step::Replay { last: 1 });
         assert_eq!(o.step("a", 10, 3), Step::Gap { last: 1 });
+        assert_eq!(
+            o.step("a", 5, 1),
+            Step::Restart { covered: false },
+            "an epoch gone backwards"
+        );
+        o.heard("a", 5, 1);
+        assert_eq!(
+            o.step("a", 10, 1),
+            Step::Replay { last: 1 },
+            "the earlier run is remembered"
+        );
+        assert_eq!(o.step("a", 10, 2), Step::Next, "and may still send its next");
         assert_eq!(o.step("a", 20, 1), Step::Restart { covered: false });
     }
 
-    /// After a recovery, a gap or a restart of an origin last heard of
-    /// before it is covered; an origin heard of after it is not.
+    /// After a recovery, a gap or a new run of an origin last heard of
+    /// before it is covered; a run heard of after it is not.
     #[test]
     fn a_recovery_covers_what_came_before_it() {
         let mut o = Origins::default();
@@ -126,5 +173,21 @@ mod tests {
         assert_eq!(o.step("b", 2, 3), Step::Restart { covered: true });
         o.heard("a", 1, 5);
         assert_eq!(o.step("a", 1, 7), Step::Gap { last: 5 }, "a loss after the recovery");
+    }
+
+    /// Only the last `RUNS_KEPT` runs of an origin are remembered.
+    #[test]
+    fn runs_kept_per_origin() {
+        let mut o = Origins::default();
+        for epoch in 1..=RUNS_KEPT as u64 + 1 {
+            o.heard("a", epoch, 1);
+        }
+        assert_eq!(o.step("a", 2, 1), Step::Replay { last: 1 }, "the eighth latest is kept");
+        assert_eq!(
+            o.step("a", 1, 1),
+            Step::Restart { covered: false },
+            "the ninth is forgotten"
+        );
+        assert_eq!(o.runs["a"].len(), RUNS_KEPT);
     }
 }

@@ -66,9 +66,10 @@ impl Scope {
 pub struct Invalidation {
     /// The publishing instance.
     pub origin: String,
-    /// When the publisher started, in microseconds since the Unix epoch: a
-    /// larger epoch under a known origin is a restarted publisher whose
-    /// sequence starts again at 1. Version-1 messages have epoch 0.
+    /// When the publisher started, in microseconds since the Unix epoch:
+    /// under a known origin, an epoch not heard before (larger, or smaller
+    /// when the publisher's clock stepped back) is a restarted publisher
+    /// whose sequence starts again at 1. Version-1 messages have epoch 0.
     pub epoch: u64,
     /// Its sequence number within the epoch, from 1.
     pub seq: u64,
