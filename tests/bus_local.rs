@@ -4,9 +4,10 @@
 //! end with their pool. Paused clock: no real waiting.
 
 mod common;
-use common::bus::{key, options, warm};
+use common::bus::{key, options, shutdown_and_join, wait_stats, warm};
 use common::*;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use warmpool::bus::{
     BusError, BusEvent, Invalidation, ListenOptions, LocalBus, Recovery, Scope, SigningKey, Stamper, new_origin,
 };
@@ -266,8 +267,10 @@ fn short_signing_keys_are_refused() {
 }
 
 /// Issue 13, 1d: a publisher restarted under the same origin (its sequence
-/// starts again at 1) is recognised as a new stream: its invalidation is
-/// applied, the restart counted, and the recovery applied.
+/// starts again at 1) is recognised as a new run: its invalidation is
+/// applied, the restart counted, and the recovery applied. Afterwards a copy
+/// of a message from the old run is a replay (issue 20, 7e: its next message,
+/// should it still be running, is applied).
 #[tokio::test(start_paused = true)]
 async fn restarted_publisher_reusing_its_origin_is_not_a_replay() {
     let bus = LocalBus::new(64);
@@ -283,9 +286,11 @@ async fn restarted_publisher_reusing_its_origin_is_not_a_replay() {
     for key in ["rotated", "stale:x", "other"] {
         warm(&pool, &c, key).await;
     }
-    let before = bus.publisher("billing-1", None);
-    for i in 0..5 {
-        before.publish(Scope::Key(format!("n{i}"))).await.unwrap();
+    let mut before = Stamper::new("billing-1", None);
+    let first = before.stamp(Scope::Key("n0".into()));
+    bus.publish_raw(first.clone());
+    for i in 1..5 {
+        bus.publish_raw(before.stamp(Scope::Key(format!("n{i}"))));
     }
     eventually("first run applied", async || {
         pool.stats().await.unwrap().bus.applied == 5
@@ -307,12 +312,19 @@ async fn restarted_publisher_reusing_its_origin_is_not_a_replay() {
         vec!["other".to_string()],
         "rotated by message, stale:x by recovery"
     );
-    // A message from the old run arriving now is a replay.
-    before.publish(Scope::Key("other".into())).await.unwrap();
+    // A copy of the old run's first message arriving now is a replay.
+    bus.publish_raw(first);
     eventually("old run's message ignored", async || {
         pool.stats().await.unwrap().bus.replayed == 1
     })
     .await;
+    bus.publish_raw(before.stamp(Scope::Key("other".into())));
+    eventually("the old run's next message applied", async || {
+        pool.stats().await.unwrap().bus.applied == 7
+    })
+    .await;
+    let stats = pool.stats().await.unwrap();
+    assert_eq!((stats.bus.publisher_restarts, stats.bus.recoveries), (1, 1));
 }
 
 /// A replayed message is ignored; a gap in an origin's sequence triggers the
@@ -330,7 +342,7 @@ async fn replays_ignored_and_gaps_recover() {
     for key in ["acme:a", "acme:b", "globex:a", "x"] {
         warm(&pool, &c, key).await;
     }
-    let stamper = Stamper::new("peer", None);
+    let mut stamper = Stamper::new("peer", None);
     let first = stamper.stamp(Scope::Key("x".into()));
     let _lost = stamper.stamp(Scope::Key("nothing".into()));
     let third = stamper.stamp(Scope::Key("nothing-either".into()));
@@ -444,4 +456,173 @@ fn public_bus_types_are_send_and_sync() {
     check::<SigningKey>();
     check::<Stamper>();
     check::<warmpool::bus::BusStats>();
+}
+
+/// Issue 20, 1: 16 tasks sharing one publisher, 1,250 key invalidations each,
+/// on real threads: all 20,000 are applied, none is taken for a replay, no
+/// gap is counted and nothing is flushed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixteen_tasks_sharing_one_publisher_lose_nothing() {
+    const TASKS: usize = 16;
+    const EACH: usize = 1_250;
+    const N: u64 = (TASKS * EACH) as u64;
+    // Room for every message: a listener falling behind the buffer would be
+    // a loss of another kind (`lost`), not what this test is about.
+    let bus = LocalBus::new(2 * N as usize);
+    let c = Counters::new();
+    let pool = builder(&c).spawn().await.unwrap();
+    let listener = bus.attach(&pool, options("me"));
+    warm(&pool, &c, "survivor").await;
+    let publisher = Arc::new(bus.publisher(new_origin("peer"), None));
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|t| {
+            let publisher = publisher.clone();
+            tokio::spawn(async move {
+                for i in 0..EACH {
+                    publisher.publish(Scope::Key(format!("t{t}-{i}"))).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    bounded(Duration::from_secs(60), "16 publishing tasks", async {
+        for task in tasks {
+            task.await.unwrap();
+        }
+    })
+    .await;
+    let published = started.elapsed();
+    // Every message is either applied or dropped as a replay: wait for all.
+    let stats = wait_stats(&pool, "all 20,000 handled", Duration::from_secs(60), |s| {
+        s.bus.applied + s.bus.replayed == N
+    })
+    .await;
+    println!(
+        "LocalBus: 16 tasks x {EACH} through one publisher in {published:?} ({:.0}/s)",
+        N as f64 / published.as_secs_f64()
+    );
+    let b = &stats.bus;
+    assert_eq!((b.applied, b.replayed, b.gaps, b.recoveries, b.lost), (N, 0, 0, 0, 0));
+    assert!(stats.keys.contains(&"survivor".to_string()), "nothing was flushed");
+    shutdown_and_join(&pool, listener).await;
+}
+
+/// The sending end of a hand-fed listener: events pushed here reach
+/// `Pool::listen` in order, so a test can act on the pool between them.
+fn hand_fed(pool: &warmpool::Pool<Client>, options: ListenOptions) -> tokio::sync::mpsc::UnboundedSender<BusEvent> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let events = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|event| (event, rx)) });
+    pool.listen(events, options);
+    tx
+}
+
+fn message(payload: Vec<u8>) -> BusEvent {
+    BusEvent::Message {
+        payload,
+        stored_at_us: None,
+    }
+}
+
+/// Issue 20, 3: one loss, one recovery. After a reconnect's flush, the next
+/// message of each origin that published while the listener was away
+/// re-bases its sequence (no gap, no second flush); a copy of a message seen
+/// before the reconnect is still a replay.
+#[tokio::test(start_paused = true)]
+async fn a_reconnect_recovers_once_not_again_at_the_next_message() {
+    let c = Counters::new();
+    let pool = builder(&c).spawn().await.unwrap();
+    let events = hand_fed(&pool, options("me"));
+    let (mut peer, mut other) = (Stamper::new("peer", None), Stamper::new("other", None));
+    let first = peer.stamp(Scope::Key("a".into()));
+    events.send(message(first.clone())).unwrap();
+    events.send(message(other.stamp(Scope::Key("b".into())))).unwrap();
+    eventually("both applied", async || pool.stats().await.unwrap().bus.applied == 2).await;
+    events.send(BusEvent::Disconnected).unwrap();
+    // Published while the listener was away: never delivered.
+    let _lost = (peer.stamp(Scope::Key("x".into())), peer.stamp(Scope::Key("y".into())));
+    let _lost = other.stamp(Scope::Key("z".into()));
+    events.send(BusEvent::Reconnected).unwrap();
+    eventually("the reconnect recovered", async || {
+        pool.stats().await.unwrap().bus.recoveries == 1
+    })
+    .await;
+    warm(&pool, &c, "survivor").await;
+    events.send(message(peer.stamp(Scope::Key("c".into())))).unwrap();
+    events.send(message(other.stamp(Scope::Key("d".into())))).unwrap();
+    events.send(message(first)).unwrap();
+    eventually("two more applied, one replay", async || {
+        let b = pool.stats().await.unwrap().bus;
+        b.applied + b.replayed == 5
+    })
+    .await;
+    settle().await;
+    let stats = pool.stats().await.unwrap();
+    let b = &stats.bus;
+    assert_eq!((b.applied, b.replayed, b.reconnects), (4, 1, 1));
+    assert_eq!((b.gaps, b.recoveries), (0, 1), "the one loss was recovered from once");
+    assert_eq!(stats.keys, vec!["survivor".to_string()], "no second flush");
+}
+
+/// Issue 20, 7e: a publisher with a stable origin that restarts with a lower
+/// epoch (its clock stepped back) is a new run: its signed messages are
+/// applied, the restart is counted and recovered from once; copies of
+/// messages from either run are still replays, and a captured message from
+/// an unseen earlier run is refused when it is outside the time window.
+#[tokio::test(start_paused = true)]
+async fn a_publisher_whose_epoch_goes_backwards_is_a_new_run() {
+    let bus = LocalBus::new(64);
+    let c = Counters::new();
+    let pool = builder(&c).spawn().await.unwrap();
+    let k = key(1);
+    bus.attach(
+        &pool,
+        ListenOptions {
+            recovery: Recovery::FlushPrefix("stale:".into()),
+            ..signed("me", &k)
+        },
+    );
+    for key in ["stale:x", "survivor"] {
+        warm(&pool, &c, key).await;
+    }
+    let now = now_us();
+    let at = |epoch: u64, seq: u64, ts_us: u64| {
+        Invalidation {
+            origin: "billing".into(),
+            epoch,
+            seq,
+            ts_us,
+            scope: Scope::Key(format!("e{epoch}-{seq}")),
+        }
+        .encode(Some(&k))
+    };
+    let (first_run, second_run) = (now, now - 60_000_000); // the clock stepped back a minute
+    for seq in 1..=2 {
+        bus.publish_raw(at(first_run, seq, now));
+    }
+    eventually("the first run applied", async || {
+        pool.stats().await.unwrap().bus.applied == 2
+    })
+    .await;
+    for seq in 1..=2 {
+        bus.publish_raw(at(second_run, seq, now));
+    }
+    eventually("the second run applied", async || {
+        pool.stats().await.unwrap().bus.applied == 4
+    })
+    .await;
+    // Copies from both runs, then a capture from an earlier run an hour old.
+    bus.publish_raw(at(first_run, 2, now));
+    bus.publish_raw(at(second_run, 1, now));
+    bus.publish_raw(at(second_run - 1, 1, now - 3_600_000_000));
+    bus.publish_raw(at(second_run, 3, now));
+    eventually("the second run's third applied", async || {
+        pool.stats().await.unwrap().bus.applied == 5
+    })
+    .await;
+    settle().await;
+    let stats = pool.stats().await.unwrap();
+    let b = &stats.bus;
+    assert_eq!((b.applied, b.replayed, b.rejected), (5, 2, 1));
+    assert_eq!((b.publisher_restarts, b.recoveries, b.gaps), (1, 1, 0));
+    assert_eq!(stats.keys, vec!["survivor".to_string()], "stale:x by the one recovery");
 }

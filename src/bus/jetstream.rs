@@ -93,6 +93,23 @@ impl Outbox for JetStreamOutbox {
             .map(drop)
             .map_err(|e| BusError::transport("waiting for JetStream's acknowledgement", e))
     }
+
+    /// Every message to the server in turn (one connection keeps their
+    /// order, so the stream stores them in it), then their acknowledgements
+    /// awaited together.
+    async fn send_batch(&self, payloads: Vec<Vec<u8>>) -> Vec<Result<(), BusError>> {
+        let mut acks = Vec::with_capacity(payloads.len());
+        for payload in payloads {
+            let sent = self.context.publish(self.subject.clone(), payload.into()).await;
+            acks.push(sent.map_err(|e| BusError::transport("publishing to JetStream", e)));
+        }
+        futures::future::join_all(acks.into_iter().map(|ack| async move {
+            ack?.await
+                .map(drop)
+                .map_err(|e| BusError::transport("waiting for JetStream's acknowledgement", e))
+        }))
+        .await
+    }
 }
 
 impl JetStreamBus {
@@ -221,6 +238,12 @@ impl JetStreamBus {
                             }
                         }
                         last = seq;
+                        // The server's clock: it sets a message's store time,
+                        // and no publish option does. (It reaches us in the
+                        // delivery's reply subject, so it is as trustworthy
+                        // as the rule that only the server publishes to this
+                        // client's inbox.) With it on every message, the
+                        // listener needs no `CaughtUp` after a `Resumed`.
                         let stored_at_us = u64::try_from(info.published.unix_timestamp_nanos() / 1_000).ok();
                         BusEvent::Message { payload: message.payload.to_vec(), stored_at_us }
                     }

@@ -9,7 +9,6 @@
 //! is dropped (at once: it waits on the pool's supervisor actor), or when
 //! the pump ends.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +17,8 @@ use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use crate::bus::origins::{Origins, Step};
+use crate::bus::window::Link;
 use crate::bus::wire::now_us;
 use crate::bus::{BusError, Invalidation, ListenOptions, Recovery, Scope, reconnect_delay};
 use crate::error::PoolError;
@@ -43,19 +44,32 @@ pub enum BusEvent {
         /// The wire bytes.
         payload: Vec<u8>,
         /// When a durable transport's server stored it (µs since the Unix
-        /// epoch), if known. A signed message's timestamp is checked against
-        /// this instead of the time of receipt, so replaying a log after a
-        /// long disconnect is not mistaken for a replay attack.
+        /// epoch), by the server's own clock, if known. A signed message's
+        /// timestamp is checked against this instead of the time of
+        /// receipt, so replaying a log after a long disconnect is not
+        /// mistaken for a replay attack. Give it only when no writer can
+        /// choose it (JetStream's store time, not a Redis Stream entry id);
+        /// otherwise give `None`, and send [`Resumed`](BusEvent::Resumed)
+        /// and [`CaughtUp`](BusEvent::CaughtUp) around the replay.
         stored_at_us: Option<u64>,
     },
     /// The connection was lost; the transport is reconnecting.
     Disconnected,
     /// An at-most-once transport is receiving again after a lost connection:
-    /// messages may have been missed, so the recovery is applied.
+    /// messages may have been missed, so the recovery is applied. Send it
+    /// once the subscription is in place again: the recovery covers what
+    /// was published until then.
     Reconnected,
     /// A durable transport is receiving again and reads on from where it
-    /// stopped: nothing was missed, no recovery.
+    /// stopped: nothing was missed, no recovery. Until
+    /// [`CaughtUp`](BusEvent::CaughtUp), signed messages without a stored
+    /// time may be older than the window, but not stamped more than
+    /// `max_age` before the [`Disconnected`](BusEvent::Disconnected).
     Resumed,
+    /// A durable transport that [`Resumed`](BusEvent::Resumed) has read
+    /// everything it missed: from here on a message's age is judged by the
+    /// time it is received again.
+    CaughtUp,
     /// The transport lost messages (a slow consumer, a listener that fell
     /// behind, a log that no longer holds the missed range): the recovery
     /// is applied.
@@ -63,13 +77,6 @@ pub enum BusEvent {
         /// Why, for the log.
         reason: String,
     },
-}
-
-/// Where an origin's stream stands.
-#[derive(Debug, Clone, Copy)]
-struct Position {
-    epoch: u64,
-    seq: u64,
 }
 
 /// Applies bus messages to one pool.
@@ -85,8 +92,10 @@ pub(crate) struct Listener<T: Send + Sync + 'static> {
     /// its own losses), so a restarted publisher's fresh stream means nothing
     /// was missed.
     durable: bool,
-    /// Last position seen per origin.
-    positions: HashMap<String, Position>,
+    /// Where each origin's runs stand.
+    origins: Origins,
+    /// The connection as the time window sees it (see `window.rs`).
+    link: Link,
 }
 
 impl<T: Send + Sync + 'static> Listener<T> {
@@ -96,7 +105,8 @@ impl<T: Send + Sync + 'static> Listener<T> {
             metrics: pool.metrics().clone(),
             options,
             durable,
-            positions: HashMap::new(),
+            origins: Origins::default(),
+            link: Link::Live,
         }
     }
 
@@ -115,6 +125,7 @@ impl<T: Send + Sync + 'static> Listener<T> {
 
     /// Handles one event. Never fails: bad messages are counted and logged.
     pub(crate) async fn on_event(&mut self, event: BusEvent) {
+        self.link = self.link.after(&event, now_us());
         match event {
             BusEvent::Message { payload, stored_at_us } => self.on_message(&payload, stored_at_us).await,
             BusEvent::Disconnected => tracing::warn!("event bus connection lost; reconnecting"),
@@ -127,6 +138,7 @@ impl<T: Send + Sync + 'static> Listener<T> {
                 self.record(BusCount::Reconnect);
                 tracing::info!("event bus reconnected; reading on from the last applied message");
             }
+            BusEvent::CaughtUp => tracing::info!("event bus caught up with what was missed"),
             BusEvent::Lost { reason } => {
                 self.record(BusCount::Lost);
                 tracing::warn!(%reason, "event bus transport lost messages");
@@ -152,60 +164,56 @@ impl<T: Send + Sync + 'static> Listener<T> {
         }
     }
 
-    /// With a signing key, refuses a message whose timestamp is too far from
-    /// when it was stored or received: a captured message cannot be replayed
-    /// later to flush fresh listeners.
+    /// With a signing key, refuses a message whose timestamp is outside the
+    /// window (see `window.rs`): a captured message cannot be replayed later
+    /// to flush fresh listeners.
     fn check_window(&self, message: Invalidation, stored_at_us: Option<u64>) -> Result<Invalidation, BusError> {
-        let max_age = u64::try_from(self.options.max_age.as_micros()).unwrap_or(u64::MAX);
-        if self.options.signing_key.is_none() || max_age == 0 {
+        if self.options.signing_key.is_none() {
             return Ok(message);
         }
-        let skew = message.ts_us.abs_diff(stored_at_us.unwrap_or_else(now_us));
-        if skew <= max_age {
-            return Ok(message);
-        }
-        Err(BusError::Stale {
-            origin: message.origin,
-            skew: Duration::from_micros(skew - max_age),
-        })
+        self.link.check(message, stored_at_us, now_us(), self.options.max_age)
     }
 
     /// Handles one decoded, verified message: ignores echoes and replays,
-    /// recovers after a gap or a publisher restart, applies it.
+    /// recovers after a gap or a publisher restart a recovery has not
+    /// already covered, applies it (rules in `origins.rs`).
     async fn on_invalidation(&mut self, message: Invalidation) {
         if message.origin == self.options.origin {
             self.record(BusCount::Echo);
             return;
         }
-        let seen = Position {
-            epoch: message.epoch,
-            seq: message.seq,
-        };
-        match self.positions.get(&message.origin).copied() {
-            None => {}
-            Some(last) if seen.epoch < last.epoch || (seen.epoch == last.epoch && seen.seq <= last.seq) => {
+        let (origin, epoch, seq) = (message.origin.as_str(), message.epoch, message.seq);
+        match self.origins.step(origin, epoch, seq) {
+            Step::First | Step::Next => {}
+            Step::Replay { last } => {
                 self.record(BusCount::Replayed);
-                tracing::warn!(origin = %message.origin, epoch = seen.epoch, seq = seen.seq, "replayed invalidation message ignored");
+                tracing::warn!(origin, epoch, seq, last, "replayed invalidation message ignored");
                 return;
             }
-            Some(last) if seen.epoch > last.epoch => {
+            Step::Restart { covered } => {
                 self.record(BusCount::Restart);
-                tracing::warn!(origin = %message.origin, epoch = seen.epoch, last_epoch = last.epoch, "publisher restarted under a known origin: a new stream");
+                tracing::warn!(
+                    origin,
+                    epoch,
+                    seq,
+                    covered,
+                    "publisher restarted under a known origin: a new run"
+                );
                 // Over pub/sub the old run's last messages may have been lost
                 // unseen; a durable log delivered them all before this one,
-                // so only a new stream that does not start at 1 lost some.
-                if !self.durable || seen.seq != 1 {
+                // so only a new run that does not start at 1 lost some. A
+                // recovery since the origin was last heard of covered them.
+                if !covered && (!self.durable || seq != 1) {
                     self.recover("a publisher restarted").await;
                 }
             }
-            Some(last) if seen.seq > last.seq + 1 => {
+            Step::Gap { last } => {
                 self.record(BusCount::Gap);
-                tracing::warn!(origin = %message.origin, seq = seen.seq, last = last.seq, "gap in invalidation sequence");
+                tracing::warn!(origin, epoch, seq, last, "gap in invalidation sequence");
                 self.recover("a gap in an origin's sequence").await;
             }
-            Some(_) => {}
         }
-        self.positions.insert(message.origin.clone(), seen);
+        self.origins.heard(origin, epoch, seq);
         let Some(pool) = self.pool.upgrade() else { return };
         if apply(&pool, &message.scope).await.is_ok() {
             self.record(BusCount::Applied);
@@ -215,7 +223,11 @@ impl<T: Send + Sync + 'static> Listener<T> {
         }
     }
 
+    /// Applies the recovery. Whatever was missed until now is then dealt
+    /// with (also under `Recovery::Nothing`, by choice), so the next message
+    /// of each origin re-bases its numbers instead of recovering again.
     async fn recover(&mut self, why: &str) {
+        self.origins.recovered();
         let scope = match &self.options.recovery {
             Recovery::FlushAll => Scope::All,
             Recovery::FlushPrefix(prefix) => Scope::Prefix(prefix.clone()),

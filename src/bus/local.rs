@@ -37,6 +37,17 @@ impl Outbox for LocalOutbox {
         let _ = self.tx.send(payload.into());
         Ok(())
     }
+
+    /// Every message in turn; none can fail.
+    async fn send_batch(&self, payloads: Vec<Vec<u8>>) -> Vec<Result<(), BusError>> {
+        payloads
+            .into_iter()
+            .map(|payload| {
+                let _ = self.tx.send(payload.into());
+                Ok(())
+            })
+            .collect()
+    }
 }
 
 impl LocalBus {

@@ -7,8 +7,13 @@
 //!   signing ([`SigningKey`]) and the per-origin [`Stamper`].
 //! - `listener.rs`: the one loop every transport feeds with [`BusEvent`]s
 //!   (messages, disconnects, reconnects, losses): echo, replay, window,
-//!   gap and publisher-restart handling, and [`Recovery`]; also
+//!   gap and publisher-restart handling, and [`Recovery`]; `origins.rs`:
+//!   each origin's runs, and what a message is (next, copy, gap, restart);
+//!   `window.rs`: which clock a signed message's age is judged by; also
 //!   [`Pool::apply`](crate::Pool::apply) and [`Pool::listen`](crate::Pool::listen).
+//! - `publisher.rs`: [`Publisher`], the one publishing shape every
+//!   transport shares, and [`Outbox`], a transport's sending half: one task
+//!   per publisher stamps and sends in one order, in batches.
 //! - One file per transport, each giving a [`Publisher`] and an `attach`:
 //!   [`LocalBus`] (in process), and behind features `redis::RedisBus`
 //!   (pub/sub), `redis_streams::RedisStreamBus` (durable), `nats::NatsBus`
@@ -28,14 +33,25 @@
 //! Listeners ignore their own origin's echoes, and count and log (never
 //! apply) malformed messages, unsigned, badly signed, version-1 or
 //! out-of-window ones when a signing key is set, and replays.
+//!
+//! # Runs and replays
+//!
+//! A message's origin and epoch name its publisher's run, numbered 1, 2,
+//! 3, …; within a run, a number not above the last one heard is a replay.
+//! An epoch not heard before under a known origin is a restarted publisher,
+//! whether it is above the epochs heard or below them (a publisher with a
+//! stable origin restarting on a clock stepped back). Listeners remember
+//! the last 8 runs of each origin, so copies from any of them stay replays;
+//! a copy from a run a listener never heard, or forgot, is refused only by
+//! the time window of signed messages (`max_age`). After a recovery, the
+//! next message of each origin re-bases its numbers: one loss, one
+//! recovery.
 
 use std::fmt;
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::PoolError;
-use crate::pool::Pool;
 
 #[cfg(feature = "nats")]
 pub mod jetstream;
@@ -43,19 +59,23 @@ mod listener;
 mod local;
 #[cfg(feature = "nats")]
 pub mod nats;
+mod origins;
+mod publisher;
 #[cfg(feature = "redis")]
 pub mod redis;
 #[cfg(feature = "redis")]
 pub mod redis_streams;
+mod window;
 pub mod wire;
 
 pub use crate::telemetry::BusStats;
 pub use listener::BusEvent;
 pub use local::{LocalBus, LocalOutbox, LocalPublisher};
+pub use publisher::{Outbox, Publisher};
 pub use wire::{Invalidation, MIN_KEY_LEN, Scope, SigningKey, Stamper, WIRE_VERSION, new_origin};
 
 /// How far a signed message's timestamp may be from the time it was
-/// received (or stored, on a durable transport), by default.
+/// received (or stored, on JetStream), by default.
 pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(300);
 
 /// A shared, type-erased error from a transport's client.
@@ -155,7 +175,6 @@ impl From<PoolError> for BusError {
 
 impl BusError {
     /// A transport error: `context` says what was being done.
-    #[cfg_attr(not(any(feature = "redis", feature = "nats")), allow(dead_code))]
     pub(crate) fn transport(
         context: impl Into<String>,
         source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -170,6 +189,11 @@ impl BusError {
 /// What a listener does when messages may have been missed (after a
 /// reconnect of an at-most-once transport, a gap in an origin's sequence
 /// numbers, a restarted publisher, or messages the transport lost).
+///
+/// One loss, one recovery: a recovery covers whatever was published before
+/// it, so afterwards the next message of each origin re-bases its sequence
+/// numbers without recovering again (also under [`Recovery::Nothing`]: the
+/// loss was dealt with, by choice).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum Recovery {
     /// Retire everything. The safe default.
@@ -196,11 +220,13 @@ pub struct ListenOptions {
     /// [`Recovery::FlushAll`].
     pub recovery: Recovery,
     /// With a signing key: how far a message's timestamp may be from the
-    /// time it was received (on a durable transport, the time the server
-    /// stored it, so that replaying a log is not mistaken for an attack).
-    /// Outside it, the message is rejected, so a captured message cannot be
-    /// replayed later. Defaults to [`DEFAULT_MAX_AGE`] (5 minutes); zero
-    /// turns the check off.
+    /// time it was received. On JetStream it is the time the server stored
+    /// it instead, and a Redis Streams listener reading what it missed after
+    /// its own disconnect also accepts messages stamped up to `max_age`
+    /// before it lost its connection, so that replaying a log is not
+    /// mistaken for an attack. Outside it, the message is rejected, so a
+    /// captured message cannot be replayed later. Defaults to
+    /// [`DEFAULT_MAX_AGE`] (5 minutes); zero turns the check off.
     pub max_age: Duration,
     /// With a signing key: also accept signed version-1 messages. Only for
     /// the migration from version 1 (turn it on in listeners, upgrade the
@@ -229,69 +255,6 @@ impl ListenOptions {
             origin: origin.into(),
             ..Default::default()
         }
-    }
-}
-
-/// The sending half of a transport: hands one encoded message to the
-/// server. Implement it to publish over a transport of your own with a
-/// [`Publisher`].
-pub trait Outbox: Send + Sync + 'static {
-    /// Sends one encoded message; returns once the transport has taken it
-    /// (for the server-backed transports: the server has it).
-    fn send(&self, payload: Vec<u8>) -> impl Future<Output = Result<(), BusError>> + Send;
-}
-
-/// Publishes invalidations from one origin over one transport: stamps,
-/// signs, and hands the bytes to the transport's [`Outbox`]. Every
-/// transport's publisher is this type, so they all have one shape.
-#[derive(Debug)]
-pub struct Publisher<O> {
-    stamper: Stamper,
-    outbox: O,
-}
-
-impl<O: Outbox> Publisher<O> {
-    /// A publisher stamping with `stamper` and sending through `outbox`.
-    pub fn new(stamper: Stamper, outbox: O) -> Self {
-        Publisher { stamper, outbox }
-    }
-
-    /// The origin id stamped on every message.
-    pub fn origin(&self) -> &str {
-        self.stamper.origin()
-    }
-
-    /// Publishes an invalidation of `scope` to every other instance.
-    ///
-    /// This instance's own listener ignores it (an echo): to retire it here
-    /// too, use [`invalidate`](Self::invalidate).
-    ///
-    /// # Errors
-    ///
-    /// [`BusError::Transport`] when the transport could not take it; the
-    /// message's sequence number is then skipped, so listeners see a gap.
-    pub async fn publish(&self, scope: Scope) -> Result<(), BusError> {
-        self.outbox.send(self.stamper.stamp(scope)).await
-    }
-
-    /// Retires `scope` in `pool` (this instance) at once, then publishes it
-    /// to every other instance. Returns how many keys it retired here.
-    ///
-    /// # Errors
-    ///
-    /// [`BusError::Pool`] if `pool` is shutting down (nothing is published
-    /// then), [`BusError::Transport`] if publishing failed (the local
-    /// retirement has happened).
-    pub async fn invalidate<T: Send + Sync + 'static>(&self, pool: &Pool<T>, scope: Scope) -> Result<usize, BusError> {
-        let retired = listener::apply(pool, &scope).await?;
-        self.publish(scope).await?;
-        Ok(retired)
-    }
-
-    /// Publishes raw bytes, as any other (possibly foreign or hostile)
-    /// publisher could.
-    pub async fn publish_raw(&self, bytes: Vec<u8>) -> Result<(), BusError> {
-        self.outbox.send(bytes).await
     }
 }
 

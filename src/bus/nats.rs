@@ -242,6 +242,23 @@ impl Outbox for NatsOutbox {
             .await
             .map_err(|e| BusError::transport("flushing to NATS", e))
     }
+
+    /// Every message into the client's queue in turn (one connection keeps
+    /// their order), then one flush for them all.
+    async fn send_batch(&self, payloads: Vec<Vec<u8>>) -> Vec<Result<(), BusError>> {
+        let mut results = Vec::with_capacity(payloads.len());
+        for payload in payloads {
+            let sent = self.client.publish(self.subject.clone(), payload.into()).await;
+            results.push(sent.map_err(|e| BusError::transport("publishing to NATS", e)));
+        }
+        if let Err(e) = self.client.flush().await {
+            let error = BusError::transport("flushing to NATS", e);
+            for result in results.iter_mut().filter(|result| result.is_ok()) {
+                *result = Err(error.clone());
+            }
+        }
+        results
+    }
 }
 
 impl NatsBus {
@@ -276,35 +293,6 @@ impl NatsBus {
         Publisher::new(Stamper::new(origin, signing_key), outbox)
     }
 
-    /// Returns once the server has processed every subscription this client
-    /// sent so far. `Client::flush` only writes the socket (it does not wait
-    /// for the server), so a message published from another connection right
-    /// after it could still miss the subscription. The server handles one
-    /// connection's operations in order, so receiving a message we sent
-    /// ourselves on a fresh inbox proves the earlier `SUB` is in place.
-    async fn confirm_subscriptions(&self) -> Result<(), BusError> {
-        let inbox = self.client.new_inbox();
-        let transport =
-            |e: Box<dyn std::error::Error + Send + Sync>| BusError::transport("confirming the NATS subscription", e);
-        let mut probe = self
-            .client
-            .subscribe(inbox.clone())
-            .await
-            .map_err(|e| transport(e.into()))?;
-        self.client
-            .publish(inbox, Vec::new().into())
-            .await
-            .map_err(|e| transport(e.into()))?;
-        self.client.flush().await.map_err(|e| transport(e.into()))?;
-        match tokio::time::timeout(SUBSCRIBE_CONFIRM_TIMEOUT, probe.next()).await {
-            Ok(Some(_)) => Ok(()),
-            Ok(None) => Err(transport("the connection closed while subscribing".into())),
-            Err(_) => Err(transport(
-                format!("the server did not confirm within {SUBSCRIBE_CONFIRM_TIMEOUT:?}").into(),
-            )),
-        }
-    }
-
     /// Subscribes, then applies every message to `pool` in a background
     /// task. Returns once the server has the subscription. The task ends
     /// when the pool shuts down or is dropped.
@@ -319,14 +307,46 @@ impl NatsBus {
             .subscribe(self.subject.clone())
             .await
             .map_err(|e| BusError::transport("subscribing on NATS", e))?;
-        self.confirm_subscriptions().await?;
+        confirm_subscriptions(&self.client).await?;
+        let client = self.client.clone();
         Ok(listener::spawn(pool, options, false, |sink| {
-            pump(subscriber, events, sink)
+            pump(client, subscriber, events, sink)
         }))
     }
 }
 
-async fn pump(mut subscriber: async_nats::Subscriber, mut events: broadcast::Receiver<ConnEvent>, sink: EventSink) {
+/// Returns once the server has processed every subscription `client` sent
+/// so far. `Client::flush` only writes the socket (it does not wait for the
+/// server), so a message published from another connection right after it
+/// could still miss the subscription. The server handles one connection's
+/// operations in order, so receiving a message we sent ourselves on a fresh
+/// inbox proves the earlier `SUB`s are in place (after a reconnect, the
+/// client re-sends its subscriptions before anything else).
+async fn confirm_subscriptions(client: &async_nats::Client) -> Result<(), BusError> {
+    let inbox = client.new_inbox();
+    let transport =
+        |e: Box<dyn std::error::Error + Send + Sync>| BusError::transport("confirming the NATS subscription", e);
+    let mut probe = client.subscribe(inbox.clone()).await.map_err(|e| transport(e.into()))?;
+    client
+        .publish(inbox, Vec::new().into())
+        .await
+        .map_err(|e| transport(e.into()))?;
+    client.flush().await.map_err(|e| transport(e.into()))?;
+    match tokio::time::timeout(SUBSCRIBE_CONFIRM_TIMEOUT, probe.next()).await {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => Err(transport("the connection closed while subscribing".into())),
+        Err(_) => Err(transport(
+            format!("the server did not confirm within {SUBSCRIBE_CONFIRM_TIMEOUT:?}").into(),
+        )),
+    }
+}
+
+async fn pump(
+    client: async_nats::Client,
+    mut subscriber: async_nats::Subscriber,
+    mut events: broadcast::Receiver<ConnEvent>,
+    sink: EventSink,
+) {
     let mut lost = false;
     // An event read while coalescing slow-consumer reports, handled next.
     let mut pending = None;
@@ -366,6 +386,17 @@ async fn pump(mut subscriber: async_nats::Subscriber, mut events: broadcast::Rec
         }
         match conn_event(event, &mut lost, BusEvent::Reconnected) {
             Some(Some(event)) => {
+                // The client reports `Connected` before it has re-sent its
+                // subscriptions: recover only once they are in place, so the
+                // recovery covers every message this listener missed and a
+                // message published after it is delivered (one loss, one
+                // recovery). Messages arriving meanwhile wait in the
+                // subscription, and are applied after the recovery.
+                if event == BusEvent::Reconnected
+                    && let Err(error) = confirm_subscriptions(&client).await
+                {
+                    tracing::warn!(error = %error, "nats resubscription not confirmed; recovering anyway");
+                }
                 if !sink.send(event).await {
                     return;
                 }

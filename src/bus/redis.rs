@@ -64,6 +64,37 @@ impl Outbox for RedisOutbox {
             .map(drop)
             .map_err(|e| BusError::transport("PUBLISH", e))
     }
+
+    /// One pipeline: the commands reach Redis in order, in one round trip.
+    async fn send_batch(&self, payloads: Vec<Vec<u8>>) -> Vec<Result<(), BusError>> {
+        let mut pipe = redis::pipe();
+        for payload in &payloads {
+            pipe.cmd("PUBLISH").arg(&self.channel).arg(payload);
+        }
+        send_pipeline(&self.connection, &mut pipe, "PUBLISH").await
+    }
+}
+
+/// Sends `pipe` and returns one result per command: each command's own, or
+/// the pipeline's error for all of them. Shared with the streams transport.
+pub(crate) async fn send_pipeline(
+    connection: &redis::aio::ConnectionManager,
+    pipe: &mut redis::Pipeline,
+    what: &str,
+) -> Vec<Result<(), BusError>> {
+    let commands = pipe.len();
+    let mut connection = connection.clone();
+    match pipe
+        .ignore_errors()
+        .query_async::<Vec<redis::RedisResult<redis::Value>>>(&mut connection)
+        .await
+    {
+        Ok(replies) => replies
+            .into_iter()
+            .map(|reply| reply.map(drop).map_err(|e| BusError::transport(what, e)))
+            .collect(),
+        Err(e) => vec![Err(BusError::transport(what, e)); commands],
+    }
 }
 
 /// Opens a client for `url`; shared with the streams transport.

@@ -11,6 +11,15 @@
 //! [`Recovery`](crate::bus::Recovery), counted in `BusStats::lost` and
 //! logged at warn. Needs Redis 7.0 or later.
 //!
+//! Entry ids are not taken for time: whoever writes an entry may choose its
+//! id (`XADD <stream> <ms>-<seq>`), and Redis numbers every later entry
+//! after the highest id, so one id a day ahead would date every later entry
+//! a day ahead. A signed message's age is judged by the listener's own
+//! clock; after a disconnect, the pump says `Resumed` and then `CaughtUp`
+//! once it has read to the end, and in between the listener also accepts
+//! what it missed (see `window.rs`). An entry id well ahead of this host's
+//! clock is logged at warn.
+//!
 //! ```no_run
 //! # async fn demo(pool: warmpool::Pool<String>) -> Result<(), warmpool::bus::BusError> {
 //! use warmpool::bus::{ListenOptions, Scope, new_origin, redis_streams::RedisStreamBus};
@@ -28,7 +37,8 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 
 use crate::bus::listener::{self, BusEvent, EventSink};
-use crate::bus::redis::{manager, open};
+use crate::bus::redis::{manager, open, send_pipeline};
+use crate::bus::wire::now_us;
 use crate::bus::{BusError, ListenOptions, Outbox, Publisher, SigningKey, Stamper};
 use crate::pool::Pool;
 
@@ -38,6 +48,10 @@ const BLOCK: Duration = Duration::from_secs(1);
 
 /// Entries read per batch.
 const BATCH: usize = 512;
+
+/// How far ahead of this host's clock an entry id may be before it is
+/// logged as chosen by its writer (clocks of hosts differ a little).
+const ID_AHEAD_WARN_MS: u64 = 60_000;
 
 /// Reads, in one atomic step, whether the stream exists, its
 /// `max-deleted-entry-id` (moved by `XDEL`), `entries-added` (every entry
@@ -124,6 +138,22 @@ impl Outbox for RedisStreamOutbox {
             .map(drop)
             .map_err(|e| BusError::transport("XADD", e))
     }
+
+    /// One pipeline: the entries are added in order, in one round trip.
+    async fn send_batch(&self, payloads: Vec<Vec<u8>>) -> Vec<Result<(), BusError>> {
+        let mut pipe = redis::pipe();
+        for payload in &payloads {
+            pipe.cmd("XADD")
+                .arg(&self.stream)
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(self.max_len)
+                .arg("*")
+                .arg("m")
+                .arg(payload);
+        }
+        send_pipeline(&self.connection, &mut pipe, "XADD").await
+    }
 }
 
 /// Where a listener stands in the stream.
@@ -139,6 +169,18 @@ struct Cursor {
     /// The highest `max-deleted-entry-id` already reported, so that one
     /// deletion is reported once.
     deleted: String,
+    /// Whether the listener is reading what it missed while disconnected.
+    reading: Reading,
+}
+
+/// What a listener's reads are for, so that it can say when it caught up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reading {
+    /// New entries as they are added.
+    Live,
+    /// The entries added while it was disconnected, until a read comes back
+    /// short.
+    Backlog,
 }
 
 impl Cursor {
@@ -258,6 +300,7 @@ impl RedisStreamBus {
             last,
             seen: added,
             deleted: "0-0".into(),
+            reading: Reading::Live,
         };
         let bus = self.clone();
         Ok(listener::spawn(pool, options, true, |sink| {
@@ -278,6 +321,7 @@ impl RedisStreamBus {
                 return;
             };
             connection = renewed;
+            cursor.reading = Reading::Backlog;
             if !sink.send(BusEvent::Resumed).await {
                 return;
             }
@@ -311,38 +355,61 @@ impl RedisStreamBus {
                 }
             }
             let entries = state.5;
-            if entries.is_empty() {
-                // Wait for the next entry (or BLOCK), then read it in the
-                // atomic step above.
-                let _: redis::Value = redis::cmd("XREAD")
-                    .arg("COUNT")
-                    .arg(1)
-                    .arg("BLOCK")
-                    .arg(BLOCK.as_millis() as u64)
-                    .arg("STREAMS")
-                    .arg(&self.stream)
-                    .arg(&cursor.last)
-                    .query_async(connection)
-                    .await
-                    .map_err(|e| BusError::transport("XREAD", e))?;
-                if sink.is_closed() {
-                    return Ok(());
-                }
-                continue;
-            }
+            let short = entries.len() < BATCH;
             for (id, fields) in entries {
                 let payload = fields
                     .chunks(2)
                     .find(|pair| pair.first().is_some_and(|f| f == b"m"))
                     .and_then(|pair| pair.get(1).cloned())
                     .unwrap_or_default();
-                let stored_at_us = Some(parse_id(&id).0.saturating_mul(1_000));
+                self.warn_if_ahead(&cursor.last, &id);
                 cursor.last = id;
                 cursor.seen += 1;
+                // No stored time: the id is the writer's choice, not a clock.
+                let stored_at_us = None;
                 if !sink.send(BusEvent::Message { payload, stored_at_us }).await {
                     return Ok(());
                 }
             }
+            if !short {
+                continue; // more to read at once
+            }
+            if cursor.reading == Reading::Backlog {
+                // A short read reached the end of the stream as it was.
+                cursor.reading = Reading::Live;
+                if !sink.send(BusEvent::CaughtUp).await {
+                    return Ok(());
+                }
+            }
+            // Wait for the next entry (or BLOCK), then read it in the atomic
+            // step above.
+            let _: redis::Value = redis::cmd("XREAD")
+                .arg("COUNT")
+                .arg(1)
+                .arg("BLOCK")
+                .arg(BLOCK.as_millis() as u64)
+                .arg("STREAMS")
+                .arg(&self.stream)
+                .arg(&cursor.last)
+                .query_async(connection)
+                .await
+                .map_err(|e| BusError::transport("XREAD", e))?;
+            if sink.is_closed() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Logs an entry `id` well ahead of this host's clock, once per run of
+    /// such ids (after one, Redis numbers every later entry after it).
+    fn warn_if_ahead(&self, previous: &str, id: &str) {
+        let horizon = now_us() / 1_000 + ID_AHEAD_WARN_MS;
+        if parse_id(id).0 > horizon && parse_id(previous).0 <= horizon {
+            tracing::warn!(
+                stream = %self.stream,
+                id,
+                "stream entry id is ahead of this host's clock: a writer chose it, or clocks differ; ids are not used as time"
+            );
         }
     }
 }

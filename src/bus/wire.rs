@@ -66,9 +66,10 @@ impl Scope {
 pub struct Invalidation {
     /// The publishing instance.
     pub origin: String,
-    /// When the publisher started, in microseconds since the Unix epoch: a
-    /// larger epoch under a known origin is a restarted publisher whose
-    /// sequence starts again at 1. Version-1 messages have epoch 0.
+    /// When the publisher started, in microseconds since the Unix epoch:
+    /// under a known origin, an epoch not heard before (larger, or smaller
+    /// when the publisher's clock stepped back) is a restarted publisher
+    /// whose sequence starts again at 1. Version-1 messages have epoch 0.
     pub epoch: u64,
     /// Its sequence number within the epoch, from 1.
     pub seq: u64,
@@ -313,11 +314,20 @@ fn next_epoch() -> u64 {
 /// Stamps invalidations from one origin: epoch, sequence number and time,
 /// then signs. Every publisher has one; use it directly to publish through
 /// a transport of your own.
+///
+/// Stamping takes `&mut self`: listeners read sequence numbers as the order
+/// in which an origin's messages reach the transport, so numbers must be
+/// taken in the order the messages are sent. Whoever owns the stamper sends
+/// each message before stamping the next (as [`Publisher`](crate::bus::Publisher)
+/// does, in one task); a stamper shared by tasks that stamp, then send
+/// concurrently, would let a later number overtake an earlier one and be
+/// taken for a replay (issue 20, 1).
 #[derive(Debug)]
 pub struct Stamper {
     origin: String,
     epoch: u64,
-    seq: AtomicU64,
+    /// The last sequence number handed out.
+    seq: u64,
     signing_key: Option<SigningKey>,
 }
 
@@ -329,7 +339,7 @@ impl Stamper {
         Stamper {
             origin: origin.into(),
             epoch: next_epoch(),
-            seq: AtomicU64::new(0),
+            seq: 0,
             signing_key,
         }
     }
@@ -340,19 +350,21 @@ impl Stamper {
     }
 
     /// The next message for `scope`, not yet encoded.
-    pub fn next(&self, scope: Scope) -> Invalidation {
+    pub fn next(&mut self, scope: Scope) -> Invalidation {
+        self.seq += 1;
         Invalidation {
             origin: self.origin.clone(),
             epoch: self.epoch,
-            seq: self.seq.fetch_add(1, Relaxed) + 1,
+            seq: self.seq,
             ts_us: now_us(),
             scope,
         }
     }
 
     /// The next message for `scope`, as wire bytes.
-    pub fn stamp(&self, scope: Scope) -> Vec<u8> {
-        self.next(scope).encode(self.signing_key.as_ref())
+    pub fn stamp(&mut self, scope: Scope) -> Vec<u8> {
+        let message = self.next(scope);
+        message.encode(self.signing_key.as_ref())
     }
 }
 

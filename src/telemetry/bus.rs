@@ -148,18 +148,22 @@ pub struct BusStats {
     /// version 1 (unless accepted for a migration), or with a timestamp
     /// outside the listener's window (`ListenOptions::max_age`).
     pub rejected: u64,
-    /// Messages whose sequence number was not above the last seen from their
-    /// origin (or from an earlier run of it).
+    /// Messages whose sequence number was not above the last seen in their
+    /// run (their origin and epoch): copies.
     pub replayed: u64,
-    /// Gaps seen in an origin's sequence numbers.
+    /// Gaps seen in an origin's sequence numbers (those a recovery had not
+    /// already covered).
     pub gaps: u64,
     /// Reconnections of a transport after a lost connection.
     pub reconnects: u64,
     /// Recovery flushes applied (after a reconnect of an at-most-once
-    /// transport, a gap, a publisher restart, or lost messages).
+    /// transport, a gap, a publisher restart, or lost messages; one per
+    /// loss).
     pub recoveries: u64,
-    /// Publishers seen restarting under an origin already known (a new
-    /// `epoch`): treated as a new stream, with a recovery.
+    /// Publishers seen restarting under an origin already known (an `epoch`
+    /// not heard before, above or below those heard): treated as a new run,
+    /// with a recovery unless the transport is durable and the run starts
+    /// at 1, or a recovery since covered it.
     pub publisher_restarts: u64,
     /// Times the transport reported messages lost: a NATS slow consumer, an
     /// embedded listener that fell behind, or a durable stream that no longer

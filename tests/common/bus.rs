@@ -401,7 +401,7 @@ pub mod scenarios {
     /// retires an unrelated warm key.
     pub async fn sequence_gap_triggers_recovery<F: Fixture>() {
         let me = instance::<F>("gap", options(&new_origin("me")), &["gap:first", "unrelated"]).await;
-        let stamper = Stamper::new(new_origin("peer"), None);
+        let mut stamper = Stamper::new(new_origin("peer"), None);
         let first = stamper.stamp(Scope::Key("gap:first".into()));
         let _lost = stamper.stamp(Scope::Key("gap:lost".into()));
         let third = stamper.stamp(Scope::Key("gap:third".into()));
@@ -544,6 +544,104 @@ pub mod scenarios {
         listen_bus.cleanup().await;
     }
 
+    /// Issue 20, 1: 16 tasks sharing one publisher, 1,250 key invalidations
+    /// each: all 20,000 are applied, none is taken for a replay, no gap is
+    /// counted and nothing is flushed.
+    pub async fn sixteen_tasks_sharing_one_publisher_lose_nothing<F: Fixture>() {
+        const TASKS: usize = 16;
+        const EACH: usize = 1_250;
+        const N: u64 = (TASKS * EACH) as u64;
+        let (listen_bus, name) = setup::<F>("sixteen").await;
+        let publish_bus = F::open(F::ADDR, &name, 100_000).await;
+        let c = Counters::new();
+        let pool = builder(&c).spawn().await.unwrap();
+        let listener = listen_bus.attach(&pool, options(&new_origin("me"))).await;
+        warm(&pool, &c, "survivor").await;
+        let publisher = Arc::new(publish_bus.publisher(&new_origin("peer"), None).await);
+        let started = Instant::now();
+        let tasks: Vec<_> = (0..TASKS)
+            .map(|t| {
+                let publisher = publisher.clone();
+                tokio::spawn(async move {
+                    for i in 0..EACH {
+                        publisher.publish(Scope::Key(format!("t{t}-{i}"))).await.unwrap();
+                    }
+                })
+            })
+            .collect();
+        let joined = tokio::time::timeout(Duration::from_secs(120), async {
+            for task in tasks {
+                task.await.unwrap();
+            }
+        });
+        joined.await.expect("16 tasks published 20,000 within 120 s");
+        let published = started.elapsed();
+        // Every message is either applied or dropped as a replay: wait for all.
+        let stats = wait_stats(&pool, "all 20,000 handled", Duration::from_secs(120), |s| {
+            s.bus.applied + s.bus.replayed == N
+        })
+        .await;
+        println!(
+            "{}: 16 tasks x {EACH} through one publisher in {published:?} ({:.0}/s), all handled after {:?}",
+            std::any::type_name::<F>().rsplit("::").next().unwrap_or("?"),
+            N as f64 / published.as_secs_f64(),
+            started.elapsed()
+        );
+        let b = &stats.bus;
+        assert_eq!((b.applied, b.replayed, b.gaps, b.recoveries, b.lost), (N, 0, 0, 0, 0));
+        assert!(stats.keys.contains(&"survivor".to_string()), "nothing was flushed");
+        shutdown_and_join(&pool, listener).await;
+        listen_bus.cleanup().await;
+    }
+
+    /// Issue 20, 3: one loss, one recovery. A listener cut off while its
+    /// peer publishes, then a later message: an at-most-once transport
+    /// recovers once at the reconnect and the later message re-bases the
+    /// sequence (no gap, no second flush); a durable one replays what it
+    /// missed and never recovers.
+    pub async fn one_loss_one_recovery<F: Fixture>() {
+        let name = fresh("once");
+        let proxy = Proxy::start(F::ADDR).await;
+        let listen_bus = F::open(proxy.addr(), &name, 100_000).await;
+        let publish_bus = F::open(F::ADDR, &name, 100_000).await;
+        let c = Counters::new();
+        let pool = builder(&c).spawn().await.unwrap();
+        let listener = listen_bus.attach(&pool, options(&new_origin("me"))).await;
+        let publisher = publish_bus.publisher(&new_origin("peer"), None).await;
+        publisher.publish(Scope::Key("before".into())).await.unwrap();
+        wait_stats(&pool, "the first message applied", WAIT, |s| s.bus.applied == 1).await;
+        proxy.cut();
+        for i in 0..3 {
+            publisher.publish(Scope::Key(format!("missed{i}"))).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        proxy.restore();
+        // Durable: the three missed are replayed. At most once: they are
+        // gone, and the reconnect recovers.
+        let (applied, recoveries) = if F::DURABLE { (4, 0) } else { (1, 1) };
+        wait_stats(&pool, "back, and replayed or recovered", Duration::from_secs(30), |s| {
+            s.bus.reconnects >= 1 && s.bus.applied == applied && s.bus.recoveries == recoveries
+        })
+        .await;
+        warm(&pool, &c, "survivor").await;
+        publisher.publish(Scope::Key("after".into())).await.unwrap();
+        // A gap's recovery would run before the message is applied, so its
+        // counts are in by the time `applied` moves.
+        let stats = wait_stats(&pool, "the later message applied", WAIT, |s| {
+            s.bus.applied == applied + 1
+        })
+        .await;
+        let b = &stats.bus;
+        assert_eq!(
+            (b.recoveries, b.gaps, b.replayed, b.lost),
+            (recoveries, 0, 0, 0),
+            "one loss, at most one recovery"
+        );
+        assert!(stats.keys.contains(&"survivor".to_string()), "no second flush");
+        shutdown_and_join(&pool, listener).await;
+        listen_bus.cleanup().await;
+    }
+
     /// A durable listener away while more is published than the transport
     /// keeps: it cannot replay, so it flushes, and says so in `lost`.
     pub async fn missed_range_no_longer_retained_flushes<F: Fixture>() {
@@ -590,7 +688,9 @@ macro_rules! transport_suite {
             sequence_gap_triggers_recovery,
             restarted_publisher_reusing_its_origin_is_applied,
             storm_of_10000_invalidations_all_applied,
-            listener_cut_off_for_two_seconds);
+            listener_cut_off_for_two_seconds,
+            sixteen_tasks_sharing_one_publisher_lose_nothing,
+            one_loss_one_recovery);
     };
     ($fixture:ty, durable) => {
         $crate::common::bus::transport_suite!($fixture);
