@@ -551,7 +551,7 @@ async fn a_reconnect_recovers_once_not_again_at_the_next_message() {
     events.send(message(other.stamp(Scope::Key("d".into())))).unwrap();
     events.send(message(first)).unwrap();
     eventually("two more applied, one replay", async || {
-        let b = pool.stats().await.unwrap().bus;
+        let b = pool.stats().await.unwrap().counters.bus;
         b.applied + b.replayed == 5
     })
     .await;
