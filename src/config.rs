@@ -110,6 +110,19 @@ pub struct PoolConfig {
     pub refresh_seconds: u64,
 }
 
+/// How long a checked instance counts as fresh before it is probed again,
+/// when `PoolBuilder::probe_interval` is not called.
+pub(crate) const DEFAULT_PROBE_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Longest a freshness probe may run, when `PoolBuilder::probe_timeout` is
+/// not called.
+pub(crate) const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The deadline of the shutdown that dropping the last `Pool` handle starts
+/// when `dispose_timeout` is zero (unbounded): that shutdown runs with no
+/// one waiting for it, so it is never unbounded.
+pub(crate) const DROP_SHUTDOWN_DEADLINE: Duration = Duration::from_secs(30);
+
 impl Default for PoolConfig {
     fn default() -> Self {
         PoolConfig {

@@ -60,6 +60,7 @@ mod config;
 mod disposal;
 mod error;
 mod factory;
+mod guard;
 mod hash;
 mod ids;
 mod inflight;

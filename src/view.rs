@@ -71,6 +71,15 @@ impl<T: Send + Sync + 'static> Slot<T> {
     }
 }
 
+/// Leave to write a read view: every method that changes what hits see
+/// takes one. It is made with its view ([`ReadView::new`]) and kept in a
+/// field of `actors::Shared` that only the actors' modules can reach, so
+/// "only actors write the view" is a rule the compiler keeps.
+#[derive(Debug)]
+pub(crate) struct ViewWriter {
+    _only_with_a_view: (),
+}
+
 /// The map every hit reads (see the module docs).
 pub(crate) struct ReadView<T: Send + Sync + 'static> {
     /// Hashed with foldhash (seeded per map): keys are short strings, and
@@ -95,8 +104,9 @@ pub(crate) struct ReadView<T: Send + Sync + 'static> {
 }
 
 impl<T: Send + Sync + 'static> ReadView<T> {
-    pub(crate) fn new() -> Self {
-        ReadView {
+    /// A view, and the one writer for it (see [`ViewWriter`]).
+    pub(crate) fn new() -> (Self, ViewWriter) {
+        let view = ReadView {
             map: papaya::HashMap::builder()
                 .hasher(foldhash::quality::RandomState::default())
                 .resize_mode(papaya::ResizeMode::Blocking)
@@ -104,7 +114,8 @@ impl<T: Send + Sync + 'static> ReadView<T> {
             clock: Clock::new(),
             fence: AtomicU64::new(0),
             retire_seq: AtomicU64::new(0),
-        }
+        };
+        (view, ViewWriter { _only_with_a_view: () })
     }
 
     pub(crate) fn nanos(&self, at: Instant) -> u64 {
@@ -173,7 +184,13 @@ impl<T: Send + Sync + 'static> ReadView<T> {
     /// invalidation newer than `fence` (the number the supervisor stamped on
     /// the request it was built for) fenced the key. Returns whether it did.
     /// The key actor stamps the instance first (`Published::stamp`).
-    pub(crate) fn publish(&self, key: Arc<str>, instance: &Arc<Instance<T>>, fence: Fence) -> bool {
+    pub(crate) fn publish(
+        &self,
+        _writer: &ViewWriter,
+        key: Arc<str>,
+        instance: &Arc<Instance<T>>,
+        fence: Fence,
+    ) -> bool {
         let map = self.map.pin();
         let outcome = map.compute(key, |existing| match existing {
             Some((_, Slot::Fenced(number))) if *number > fence => papaya::Operation::Abort(()),
@@ -184,7 +201,7 @@ impl<T: Send + Sync + 'static> ReadView<T> {
 
     /// Flags `instance` retired and removes it, unless another instance has
     /// taken its place meanwhile.
-    pub(crate) fn unpublish(&self, key: &str, instance: &Arc<Instance<T>>) {
+    pub(crate) fn unpublish(&self, _writer: &ViewWriter, key: &str, instance: &Arc<Instance<T>>) {
         self.flag(instance);
         let _ = self.map.pin().remove_if(key, |_, v| {
             v.live()
@@ -196,7 +213,7 @@ impl<T: Send + Sync + 'static> ReadView<T> {
     /// supervisor, before it answers): whatever is published is flagged and
     /// replaced. The instance stays with its key actor until the
     /// retirement reaches it.
-    pub(crate) fn fence_key(&self, key: Arc<str>, number: Fence) {
+    pub(crate) fn fence_key(&self, _writer: &ViewWriter, key: Arc<str>, number: Fence) {
         if let Some(Slot::Live(instance)) = self.map.pin().insert(key, Slot::Fenced(number))
             && let Some(instance) = instance.upgrade()
         {
@@ -206,7 +223,7 @@ impl<T: Send + Sync + 'static> ReadView<T> {
 
     /// Clears a fence of `key` up to number `number` (its key actor, as the
     /// retirement of that invalidation reaches it).
-    pub(crate) fn clear_fence(&self, key: &str, number: Fence) {
+    pub(crate) fn clear_fence(&self, _writer: &ViewWriter, key: &str, number: Fence) {
         let _ = self
             .map
             .pin()
@@ -228,7 +245,7 @@ impl<T: Send + Sync + 'static> ReadView<T> {
     /// Unpublishes `key`'s entry: its key actor is gone and cannot do it
     /// (the supervisor, when a key actor died). The instance went with the
     /// actor's state, which held the pool's reference.
-    pub(crate) fn remove_orphan(&self, key: &str) {
+    pub(crate) fn remove_orphan(&self, _writer: &ViewWriter, key: &str) {
         let map = self.map.pin();
         if let Some(Slot::Live(instance)) = map.remove(key)
             && let Some(instance) = instance.upgrade()
@@ -239,7 +256,7 @@ impl<T: Send + Sync + 'static> ReadView<T> {
 
     /// Unpublishes everything (the supervisor, as the pool ends: key actors
     /// killed with it could not).
-    pub(crate) fn clear(&self) {
+    pub(crate) fn clear(&self, _writer: &ViewWriter) {
         let map = self.map.pin();
         for (_, slot) in map.iter() {
             if let Some(instance) = slot.live().and_then(Weak::upgrade) {
@@ -273,7 +290,7 @@ impl<T: Send + Sync + 'static> ReadView<T> {
 
     /// A new prefix invalidation number (the supervisor, before it fences
     /// the keys the invalidation names).
-    pub(crate) fn next_fence(&self) -> Fence {
+    pub(crate) fn next_fence(&self, _writer: &ViewWriter) -> Fence {
         Fence::new(self.fence.fetch_add(1, Ordering::SeqCst) + 1)
     }
 }

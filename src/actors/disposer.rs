@@ -5,17 +5,17 @@
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use futures::FutureExt;
 use futures::future::BoxFuture;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tracing::Instrument;
 
 pub(crate) use crate::disposal::{DisposerMsg, DrainReport};
 use crate::error::BoxError;
-use crate::error::panic_message;
+use crate::guard::{Guarded, guarded};
 use crate::ids::InstanceId;
 use crate::telemetry::Metrics;
 use crate::telemetry::Timer;
@@ -41,6 +41,12 @@ pub(crate) struct DisposerArgs<T: Send + Sync + 'static> {
     pub(crate) hook: Option<DisposeHook<T>>,
     pub(crate) timeout: Option<Duration>,
     pub(crate) metrics: Arc<Metrics>,
+    /// Build tasks whose end this actor has not handled yet: while any is
+    /// left, an instance may still reach it (see `DisposerMsg::BuildEnded`).
+    /// Its own count, not the exported `builds_in_flight` gauge: it lags that
+    /// gauge by a message, on purpose. Key actors count a task up as it
+    /// starts (`Shared::build_tasks`, the same counter).
+    pub(crate) build_tasks: Arc<AtomicU64>,
 }
 
 /// The disposer's state.
@@ -89,35 +95,22 @@ impl<T: Send + Sync + 'static> DisposerState<T> {
         let metrics = self.args.metrics.clone();
         let task = async move {
             let key_text = key.to_string();
-            let ok = match std::panic::catch_unwind(AssertUnwindSafe(|| hook(key_text, value))) {
-                Err(panic) => {
-                    tracing::warn!(key = %key, panic = %panic_message(&*panic), "dispose hook panicked");
+            let ok = match guarded(timeout, || hook(key_text, value)).await {
+                Guarded::TimedOut => {
+                    tracing::warn!(key = %key, timeout = ?timeout, "dispose hook timed out");
                     false
                 }
-                Ok(fut) => {
-                    let fut = AssertUnwindSafe(fut).catch_unwind();
-                    let outcome = match timeout {
-                        Some(limit) => tokio::time::timeout(limit, fut).await.ok(),
-                        None => Some(fut.await),
-                    };
-                    match outcome {
-                        None => {
-                            tracing::warn!(key = %key, timeout = ?timeout, "dispose hook timed out");
-                            false
-                        }
-                        Some(Err(panic)) => {
-                            tracing::warn!(key = %key, panic = %panic_message(&*panic), "dispose hook panicked");
-                            false
-                        }
-                        Some(Ok(Err(error))) => {
-                            tracing::warn!(key = %key, error = %error, "dispose hook failed");
-                            false
-                        }
-                        Some(Ok(Ok(()))) => {
-                            tracing::debug!(key = %key, "disposed");
-                            true
-                        }
-                    }
+                Guarded::Panicked(panic) => {
+                    tracing::warn!(key = %key, panic = %panic, "dispose hook panicked");
+                    false
+                }
+                Guarded::Returned(Err(error)) => {
+                    tracing::warn!(key = %key, error = %error, "dispose hook failed");
+                    false
+                }
+                Guarded::Returned(Ok(())) => {
+                    tracing::debug!(key = %key, "disposed");
+                    true
                 }
             };
             metrics.export.dispose_took(timer);
@@ -187,7 +180,7 @@ impl<T: Send + Sync + 'static> Actor for DisposerActor<T> {
             }
             DisposerMsg::Close => state.closing = true,
             DisposerMsg::BuildEnded => {
-                state.args.metrics.build_tasks.fetch_sub(1, Relaxed);
+                state.args.build_tasks.fetch_sub(1, Relaxed);
             }
         }
         if state.running == 0
@@ -197,7 +190,7 @@ impl<T: Send + Sync + 'static> Actor for DisposerActor<T> {
         }
         // Builds still in flight may yet produce instances to dispose (the
         // supervisor can be gone while their tasks run): wait for them too.
-        let building = state.args.metrics.build_tasks.load(Relaxed);
+        let building = state.args.build_tasks.load(Relaxed);
         if state.closing && state.running == 0 && state.live.is_empty() && building == 0 {
             myself.stop(None);
         }

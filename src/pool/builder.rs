@@ -11,16 +11,13 @@ use ractor::{Actor, ActorCell};
 
 use super::metrics::start_publisher;
 use crate::actors::disposer::{DisposerActor, DisposerArgs};
-use crate::actors::lifecycle::Lifecycle;
 use crate::actors::supervisor::{SupervisorActor, SupervisorArgs};
 use crate::actors::{DisposeHook, ProbeHook, Settings, Shared, nonzero};
-use crate::config::{PoolConfig, RestartPolicy};
+use crate::config::{DROP_SHUTDOWN_DEADLINE, PoolConfig, RestartPolicy};
 use crate::error::{BoxError, SpawnError};
-use crate::inflight::InFlight;
 use crate::lease::Lease;
 use crate::telemetry::Metrics;
 use crate::telemetry::MetricsOptions;
-use crate::view::ReadView;
 
 use super::{Pool, PoolInner};
 
@@ -57,38 +54,21 @@ impl<T: Send + Sync + 'static> Default for PoolBuilder<T> {
 impl<T: Send + Sync + 'static> PoolBuilder<T> {
     /// A builder with every setting at its default.
     pub fn new() -> Self {
-        let mut builder = PoolBuilder {
-            settings: Settings {
-                time_to_live: None,
-                time_to_idle: None,
-                max_entries: 0,
-                sweep_interval: None,
-                create_timeout: None,
-                dispose_timeout: None,
-                restart_policy: RestartPolicy::default(),
-                refresh_after: None,
-                probe_interval: Duration::from_secs(10),
-                probe_timeout: Some(Duration::from_secs(5)),
-            },
+        PoolBuilder {
+            // One source of defaults: `PoolConfig::default`, and the consts
+            // in `config.rs` for what it does not hold.
+            settings: Settings::from_config(&PoolConfig::default()),
             on_dispose: None,
             probe: None,
             name: None,
             metrics: MetricsOptions::default(),
-        };
-        builder = builder.config(&PoolConfig::default());
-        builder
+        }
     }
 
     /// Applies every value of `config` (for example from
     /// [`PoolConfig::from_env`]). Setters called afterwards override it.
     pub fn config(mut self, config: &PoolConfig) -> Self {
-        self.settings.time_to_live = nonzero(config.time_to_live());
-        self.settings.time_to_idle = nonzero(Duration::from_secs(config.idle_seconds));
-        self.settings.max_entries = unbounded_if_zero(config.max_entries);
-        self.settings.sweep_interval = nonzero(Duration::from_secs(config.sweep_seconds));
-        self.settings.create_timeout = nonzero(Duration::from_millis(config.create_timeout_ms));
-        self.settings.dispose_timeout = nonzero(Duration::from_millis(config.dispose_timeout_ms));
-        self.settings.refresh_after = nonzero(Duration::from_secs(config.refresh_seconds));
+        self.settings.apply(config);
         self
     }
 
@@ -96,7 +76,7 @@ impl<T: Send + Sync + 'static> PoolBuilder<T> {
     /// without a live lease or a build in flight is retired. Defaults to
     /// 1,000; zero means no limit (as zero means "never" for every duration).
     pub fn max_entries(mut self, max_entries: usize) -> Self {
-        self.settings.max_entries = unbounded_if_zero(max_entries);
+        self.settings.max_entries = crate::actors::unbounded_if_zero(max_entries);
         self
     }
 
@@ -131,7 +111,8 @@ impl<T: Send + Sync + 'static> PoolBuilder<T> {
 
     /// Longest a dispose hook may run before it is abandoned and counted as
     /// a failure. Also the deadline of the shutdown that dropping the last
-    /// handle starts. Defaults to 10 s; zero means unbounded.
+    /// handle starts (30 s when this is zero: that shutdown is never
+    /// unbounded). Defaults to 10 s; zero means unbounded.
     pub fn dispose_timeout(mut self, timeout: Duration) -> Self {
         self.settings.dispose_timeout = nonzero(timeout);
         self
@@ -265,22 +246,22 @@ impl<T: Send + Sync + 'static> PoolBuilder<T> {
 
     async fn start(self, parent: Option<ActorCell>) -> Result<Pool<T>, SpawnError> {
         let metrics = Arc::new(Metrics::new(self.name.as_deref()));
+        let build_tasks = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let disposer_args = DisposerArgs {
             hook: self.on_dispose,
             timeout: self.settings.dispose_timeout,
             metrics: metrics.clone(),
+            build_tasks: build_tasks.clone(),
         };
         let (disposer, _) = Actor::spawn(None, DisposerActor::new(), disposer_args).await?;
-        let drop_deadline = self.settings.dispose_timeout.unwrap_or(Duration::from_secs(30));
-        let shared = Arc::new(Shared {
-            settings: self.settings,
+        let drop_deadline = self.settings.dispose_timeout.unwrap_or(DROP_SHUTDOWN_DEADLINE);
+        let shared = Arc::new(Shared::new(
+            self.settings,
             metrics,
-            disposer: disposer.clone(),
-            lifecycle: Lifecycle::default(),
-            view: ReadView::new(),
-            in_flight: InFlight::new(),
-            probe: self.probe,
-        });
+            disposer.clone(),
+            self.probe,
+            build_tasks,
+        ));
         let args = SupervisorArgs { shared: shared.clone() };
         let spawned = match parent {
             Some(parent) => Actor::spawn_linked(self.name, SupervisorActor::new(), args, parent).await,
@@ -309,11 +290,6 @@ impl<T: Send + Sync + 'static> PoolBuilder<T> {
         self.metrics.interval = nonzero(interval);
         self
     }
-}
-
-/// Zero entries means "no limit", like zero for every duration setting.
-fn unbounded_if_zero(max_entries: usize) -> usize {
-    if max_entries == 0 { usize::MAX } else { max_entries }
 }
 
 /// What a dispose hook may return: `()` or `Result<(), E>`.

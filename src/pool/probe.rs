@@ -1,12 +1,9 @@
 //! The freshness probe, run on the path of the call that finds an instance
 //! due (see `PoolBuilder::probe`).
 
-use std::panic::AssertUnwindSafe;
-
-use futures::FutureExt;
-
 use crate::actors::supervisor::SupervisorInternal;
-use crate::error::{PoolError, panic_message};
+use crate::error::PoolError;
+use crate::guard::{Guarded, guarded};
 use crate::ids::RetireCause;
 use crate::lease::Lease;
 use crate::telemetry::Metrics;
@@ -23,18 +20,7 @@ impl<T: Send + Sync + 'static> Pool<T> {
         let probe = shared.probe.clone().expect("called only with a probe");
         Metrics::bump(&shared.metrics.probes);
         let probed = lease.clone();
-        let run = async move {
-            match std::panic::catch_unwind(AssertUnwindSafe(|| probe(probed))) {
-                Ok(fut) => AssertUnwindSafe(fut).catch_unwind().await,
-                Err(panic) => Err(panic),
-            }
-        };
-        let bounded = async {
-            match shared.settings.probe_timeout {
-                Some(limit) => tokio::time::timeout(limit, run).await.ok(),
-                None => Some(run.await),
-            }
-        };
+        let bounded = guarded(shared.settings.probe_timeout, move || probe(probed));
         // A shutdown does not wait for probes: once it is over, the probe's
         // future is dropped and the call answered `ShutDown`.
         let outcome = tokio::select! {
@@ -42,8 +28,8 @@ impl<T: Send + Sync + 'static> Pool<T> {
             () = shared.lifecycle.closed() => return Err(PoolError::ShutDown),
         };
         let failure = match outcome {
-            Some(Ok(Ok(true))) => return Ok(Some(lease)),
-            Some(Ok(Ok(false))) => {
+            Guarded::Returned(Ok(true)) => return Ok(Some(lease)),
+            Guarded::Returned(Ok(false)) => {
                 tracing::debug!(key = %lease.key(), instance = %lease.instance_id(), "freshness probe: stale");
                 let instance = lease.instance_id();
                 let key = lease.instance().key.clone();
@@ -63,9 +49,9 @@ impl<T: Send + Sync + 'static> Pool<T> {
                     .await;
                 return Ok(None);
             }
-            Some(Ok(Err(error))) => error.to_string(),
-            Some(Err(panic)) => format!("panicked: {}", panic_message(&*panic)),
-            None => "timed out".to_string(),
+            Guarded::Returned(Err(error)) => error.to_string(),
+            Guarded::Panicked(message) => format!("panicked: {message}"),
+            Guarded::TimedOut => "timed out".to_string(),
         };
         Metrics::bump(&shared.metrics.probe_failures);
         tracing::warn!(key = %lease.key(), failure = %failure, "freshness probe failed; the instance counts as fresh");

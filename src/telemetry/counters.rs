@@ -24,10 +24,6 @@ pub(crate) struct Metrics {
     /// future ends (returns, times out, panics or is dropped), before the
     /// key actor hears of it. Exact, so exported as a gauge.
     pub(crate) builds_in_flight: AtomicU64,
-    /// Build tasks whose end the disposer has not handled yet: while any
-    /// is left, an instance may still reach it (see
-    /// `DisposerMsg::BuildEnded`). Lags `builds_in_flight` by a message.
-    pub(crate) build_tasks: AtomicU64,
     pub(crate) retired: RetiredCounts,
     pub(crate) disposals: AtomicU64,
     pub(crate) dispose_failures: AtomicU64,

@@ -9,18 +9,17 @@ pub(crate) use protocol::{
 };
 
 use std::collections::VecDeque;
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::FutureExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::actors::{DisposerMsg, Settings, Shared, nonzero};
-use crate::error::{Causes, PoolError, panic_message};
+use crate::error::{Causes, PoolError};
 use crate::factory::Attempts;
+use crate::guard::{Guarded, guarded};
 use crate::hash::CredentialsHash;
 use crate::ids::RetireCause;
 use crate::ids::{Fence, InstanceId};
@@ -98,7 +97,7 @@ struct BuildInFlight<T: Send + Sync + 'static> {
 impl<T: Send + Sync + 'static> BuildInFlight<T> {
     fn start(shared: &Arc<Shared<T>>) -> Self {
         Metrics::bump(&shared.metrics.builds_in_flight);
-        Metrics::bump(&shared.metrics.build_tasks);
+        Metrics::bump(&shared.build_tasks);
         BuildInFlight { shared: shared.clone() }
     }
 }
@@ -115,7 +114,9 @@ impl<T: Send + Sync + 'static> Drop for BuildInFlight<T> {
         // every instance built, and stops only once they are disposed. If
         // it is gone already, count here.
         if self.shared.disposer.send_message(DisposerMsg::BuildEnded).is_err() {
-            metrics.build_tasks.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            self.shared
+                .build_tasks
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         }
     }
 }
@@ -337,32 +338,20 @@ impl<T: Send + Sync + 'static> KeyState<T> {
         tracing::debug!(key = %key, attempt = attempts, "building");
         let task = async move {
             let timer = Timer::start();
-            let run = async {
-                match std::panic::catch_unwind(AssertUnwindSafe(|| factory())) {
-                    Ok(fut) => AssertUnwindSafe(fut).catch_unwind().await,
-                    Err(panic) => Err(panic),
-                }
-            };
-            let result = match shared.settings.create_timeout {
-                Some(limit) => tokio::time::timeout(limit, run).await.ok(),
-                None => Some(run.await),
-            };
+            let result = guarded(shared.settings.create_timeout, || factory()).await;
             let name = || key.to_string();
             let outcome = match result {
-                None => Err(PoolError::Timeout {
+                Guarded::TimedOut => Err(PoolError::Timeout {
                     key: name(),
                     after: shared.settings.create_timeout.unwrap_or_default(),
                 }),
-                Some(Err(panic)) => Err(PoolError::FactoryPanicked {
-                    key: name(),
-                    message: panic_message(&*panic),
-                }),
-                Some(Ok(Err(error))) => Err(PoolError::Factory {
+                Guarded::Panicked(message) => Err(PoolError::FactoryPanicked { key: name(), message }),
+                Guarded::Returned(Err(error)) => Err(PoolError::Factory {
                     key: name(),
                     attempts,
                     source: Arc::from(error),
                 }),
-                Some(Ok(Ok(value))) => Ok(Instance::new(
+                Guarded::Returned(Ok(value)) => Ok(Instance::new(
                     value,
                     key.clone(),
                     version,
@@ -758,7 +747,11 @@ impl<T: Send + Sync + 'static> KeyState<T> {
             .published
             .stamp(hash, expires_at, Instant::now(), self.shared.view.clock());
         instance.published.carry_use(std::mem::take(&mut self.unseen_use));
-        let published = !self.shutting_down() && self.shared.view.publish(self.key.clone(), &instance, fence);
+        let published = !self.shutting_down()
+            && self
+                .shared
+                .view
+                .publish(&self.shared.writer, self.key.clone(), &instance, fence);
         self.current = Some(Current {
             instance,
             hash,
@@ -779,7 +772,10 @@ impl<T: Send + Sync + 'static> KeyState<T> {
             && current.instance.id == instance
             && !shutting_down
         {
-            current.published = self.shared.view.publish(self.key.clone(), &current.instance, fence);
+            current.published =
+                self.shared
+                    .view
+                    .publish(&self.shared.writer, self.key.clone(), &current.instance, fence);
             if current.published {
                 current.fence = fence;
             } else {
@@ -817,7 +813,9 @@ impl<T: Send + Sync + 'static> KeyState<T> {
         let id = current.instance.id;
         let _span = crate::telemetry::spans::retire_span(&self.key, id, cause).entered();
         // Out of the read view before anything acknowledges the retirement.
-        self.shared.view.unpublish(&self.key, &current.instance);
+        self.shared
+            .view
+            .unpublish(&self.shared.writer, &self.key, &current.instance);
         // Its hits the supervisor has not seen yet are uses of the key: they
         // go to the instance that serves now (a refresh), else to the next.
         let unseen = current.instance.published.take_use();
@@ -1012,7 +1010,7 @@ impl<T: Send + Sync + 'static> Actor for KeyActor<T> {
             } => {
                 let retired = state.retire(cause, target);
                 if let Some(number) = fence {
-                    state.shared.view.clear_fence(&state.key, number);
+                    state.shared.view.clear_fence(&state.shared.writer, &state.key, number);
                 }
                 if let Some(reply) = reply {
                     let _ = reply.send(retired);

@@ -446,7 +446,7 @@ impl<T: Send + Sync + 'static> SupervisorState<T> {
                         fence: Some(number), ..
                     }) = entry.pending
                     {
-                        self.shared.view.clear_fence(&key, number);
+                        self.shared.view.clear_fence(&self.shared.writer, &key, number);
                     }
                     // Nothing we sent is still in its mailbox, and we will
                     // send it nothing more: stopping it loses no request.
@@ -499,7 +499,7 @@ impl<T: Send + Sync + 'static> Drop for SupervisorState<T> {
         self.shared.lifecycle.advance(Phase::Stopped);
         // Key actors killed with us could not unpublish; the view must not
         // keep their instances from the disposer for as long as a handle lives.
-        self.shared.view.clear();
+        self.shared.view.clear(&self.shared.writer);
         if let Some(sweep) = self.sweep.take() {
             sweep.abort();
         }
@@ -688,7 +688,7 @@ impl<T: Send + Sync + 'static> Actor for SupervisorActor<T> {
         };
         state.forget(&key);
         // A dead actor cannot unpublish: its instance must not be served on.
-        state.shared.view.remove_orphan(&key);
+        state.shared.view.remove_orphan(&state.shared.writer, &key);
         if !state.life.refuses_work() {
             Metrics::bump(&state.metrics().actor_restarts);
             match &event {

@@ -266,9 +266,9 @@ impl<T: Send + Sync + 'static> SupervisorState<T> {
             .iter()
             .filter(|key| self.entries.get(*key).is_some_and(|e| e.standing == Standing::Resident))
             .count();
-        let fence = self.shared.view.next_fence();
+        let fence = self.shared.view.next_fence(&self.shared.writer);
         for key in &keys {
-            self.shared.view.fence_key(key.clone(), fence);
+            self.shared.view.fence_key(&self.shared.writer, key.clone(), fence);
             self.retire_paced(key, RetireCause::Invalidated, RetireTarget::Everything, Some(fence));
         }
         self.send_paced(myself);
