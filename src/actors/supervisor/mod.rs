@@ -18,7 +18,7 @@ use crate::ids::Fence;
 use crate::ids::RetireCause;
 use crate::lease::InstanceId;
 use crate::restart::RestartState;
-use crate::telemetry::{CoolingKey, Metrics, Stats};
+use crate::telemetry::Metrics;
 
 mod counters;
 mod protocol;
@@ -463,29 +463,6 @@ impl<T: Send + Sync + 'static> SupervisorState<T> {
         // a sweep tick: the key that reports is often the one just admitted
         // over capacity because every other key was leased (an `insert` into
         // a full pool), and it must be served, not retired at once.
-    }
-
-    /// A snapshot without its key list, and the resident keys (taken in this
-    /// mailbox, so they agree with `size`; turned into `String`s elsewhere).
-    fn stats(&self) -> (Stats, Vec<Arc<str>>) {
-        let now = Instant::now();
-        let keys = self
-            .ordered
-            .iter()
-            .filter(|k| self.entries.get(*k).is_some_and(|e| e.standing == Standing::Resident))
-            .cloned()
-            .collect();
-        let cooling_keys = self
-            .dormant
-            .iter()
-            .filter_map(|(key, restart)| {
-                restart.cooling_any(now).map(|retry_after| CoolingKey {
-                    key: key.to_string(),
-                    retry_after,
-                })
-            })
-            .collect();
-        (Stats::new(self.counters(), Vec::new(), cooling_keys), keys)
     }
 }
 
