@@ -364,6 +364,34 @@ where
     }
 }
 
+/// Joining a fleet. Here, not in `pool/`: the bus is the layer above the
+/// pool (it names `Pool`), so the pool's bus methods live with the bus.
+impl<T: Send + Sync + 'static> Pool<T> {
+    /// Applies one invalidation to this pool at once (no origin, replay or
+    /// signature checks: those are for messages from a bus). Returns how many
+    /// keys were retired.
+    ///
+    /// # Errors
+    ///
+    /// [`PoolError::ShutDown`] once the pool is stopping.
+    pub async fn apply(&self, scope: &Scope) -> Result<usize, PoolError> {
+        apply(self, scope).await
+    }
+
+    /// Applies the [`BusEvent`]s of `events` (a transport of your own) in a
+    /// background task, with the same echo, signature, window, replay, gap
+    /// and recovery handling as the built-in transports (treated as at most
+    /// once: a [`BusEvent::Reconnected`] recovers). The task ends when the
+    /// stream ends or the pool shuts down or is dropped; it does not keep the
+    /// pool alive.
+    pub fn listen<S>(&self, events: S, options: ListenOptions) -> JoinHandle<()>
+    where
+        S: Stream<Item = BusEvent> + Send + 'static,
+    {
+        spawn_stream(self, options, false, events)
+    }
+}
+
 /// Applies one scope to the pool; returns how many keys it retired.
 pub(crate) async fn apply<T: Send + Sync + 'static>(pool: &Pool<T>, scope: &Scope) -> Result<usize, PoolError> {
     match scope {

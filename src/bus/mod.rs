@@ -70,7 +70,6 @@ pub mod wire;
 
 pub use crate::telemetry::BusStats;
 pub use listener::BusEvent;
-pub(crate) use listener::{apply, spawn_stream};
 pub use local::{LocalBus, LocalOutbox, LocalPublisher};
 pub use publisher::{Outbox, Publisher};
 pub use wire::{Invalidation, MIN_KEY_LEN, Scope, SigningKey, Stamper, WIRE_VERSION, new_origin};

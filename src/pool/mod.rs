@@ -535,33 +535,6 @@ impl<T: Send + Sync + 'static> Pool<T> {
     }
 }
 
-/// Joining a fleet: invalidations from an event bus (see [`crate::bus`]).
-impl<T: Send + Sync + 'static> Pool<T> {
-    /// Applies one invalidation to this pool at once (no origin, replay or
-    /// signature checks: those are for messages from a bus). Returns how many
-    /// keys were retired.
-    ///
-    /// # Errors
-    ///
-    /// [`PoolError::ShutDown`] once the pool is stopping.
-    pub async fn apply(&self, scope: &crate::bus::Scope) -> Result<usize, PoolError> {
-        crate::bus::apply(self, scope).await
-    }
-
-    /// Applies the [`BusEvent`](crate::bus::BusEvent)s of `events` (a transport of your own) in a
-    /// background task, with the same echo, signature, window, replay, gap
-    /// and recovery handling as the built-in transports (treated as at most
-    /// once: a [`BusEvent::Reconnected`](crate::bus::BusEvent::Reconnected) recovers). The task ends when the
-    /// stream ends or the pool shuts down or is dropped; it does not keep the
-    /// pool alive.
-    pub fn listen<S>(&self, events: S, options: crate::bus::ListenOptions) -> tokio::task::JoinHandle<()>
-    where
-        S: futures::Stream<Item = crate::bus::BusEvent> + Send + 'static,
-    {
-        crate::bus::spawn_stream(self, options, false, events)
-    }
-}
-
 /// For the rest of the crate.
 impl<T: Send + Sync + 'static> Pool<T> {
     pub(crate) fn metrics(&self) -> &Arc<Metrics> {

@@ -1,8 +1,7 @@
 //! Event-bus counters and their snapshot, [`BusStats`].
 //!
-//! A file of its own so that both `stats.rs` (which embeds the counters in
-//! the pool's `Metrics`) and `bus/` (which writes them) import it, and
-//! neither imports the other.
+//! Part of `telemetry/`, below both `counters.rs` (which embeds the
+//! counters in the pool's `Metrics`) and `bus/` (which writes them).
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
