@@ -40,7 +40,7 @@ use tokio::sync::SetOnce;
 use crate::error::PoolError;
 use crate::factory::InitDiscarded;
 use crate::hash::CredentialsHash;
-use crate::ids::Fence;
+use crate::ids::{Fence, RetireSeq};
 use crate::instance::Instance;
 use crate::lease::Lease;
 
@@ -59,7 +59,7 @@ pub(crate) struct Ask<T: Send + Sync + 'static> {
     /// invalidation that returned before the follower started: it asks the
     /// actors itself (prefix invalidations are rare; this costs a round
     /// trip, never a wrong instance).
-    pub(crate) fence: Fence,
+    fence: Fence,
     /// Set once, when the leader has its answer or is dropped.
     answer: SetOnce<Answer<T>>,
 }
@@ -127,6 +127,23 @@ impl<T: Send + Sync + 'static> Ask<T> {
     /// The leader's answer. The caller races this with the pool's end.
     pub(crate) async fn wait(&self) -> &Answer<T> {
         self.answer.wait().await
+    }
+
+    /// The instance a follower may be handed from the leader's answer
+    /// `instance`, given the read view's fence now and the retirement
+    /// number when the follower joined (`ReadView::retire_seq`). `None`
+    /// when it is gone (retired, no lease left), was retired before the
+    /// follower joined (never to be handed to it), or may have been fenced
+    /// by a prefix invalidation since the leader joined (see `fence`):
+    /// then the follower asks the actors itself.
+    pub(crate) fn for_follower(
+        &self,
+        instance: &Weak<Instance<T>>,
+        fence_now: Fence,
+        joined: RetireSeq,
+    ) -> Option<Arc<Instance<T>>> {
+        let fenced = fence_now != self.fence;
+        instance.upgrade().filter(|i| !fenced && !i.retired_by(joined))
     }
 }
 

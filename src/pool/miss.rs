@@ -66,13 +66,10 @@ impl<T: Send + Sync + 'static> Pool<T> {
                 };
                 match answer {
                     Answer::Served(instance) => {
-                        // Gone (retired, no lease left), retired before this
-                        // call joined, or perhaps fenced by a prefix
-                        // invalidation (see `inflight.rs`): ask, alone.
-                        let fenced = shared.view.fence() != ask.fence;
-                        if let Some(instance) = instance.upgrade().filter(|i| !fenced && !i.retired_by(joined)) {
+                        if let Some(instance) = ask.for_follower(instance, shared.view.fence(), joined) {
                             return Ok(Lease::from_arc(instance));
                         }
+                        // Not to be handed to this call (see `for_follower`): ask, alone.
                         (None, true)
                     }
                     Answer::Failed(error) => return Err(error.clone()),
