@@ -308,6 +308,13 @@ impl<T: Send + Sync + 'static> Pool<T> {
     /// [`Counters::hits`](crate::Counters::hits) and as a use of the instance (LRU order, idle time);
     /// a `None` counts as neither a miss nor a use.
     ///
+    /// Once any call has returned a lease for `key` and `credentials_hash`,
+    /// a `get` for them that starts afterwards finds that instance until
+    /// something retires it (the hit rule still applies): a key actor
+    /// publishes an instance before it answers anyone waiting on its build.
+    /// While a refresh swaps the instance, `get` sees the old one or the
+    /// new one, never neither.
+    ///
     /// Being a plain function, it never yields: a task that loops over
     /// `get` and nothing else should await
     /// [`consume_budget`](tokio::task::coop::consume_budget) itself, as
