@@ -519,65 +519,24 @@ fn hanging_flagged(c: &Arc<Counters>, dropped: &Arc<std::sync::atomic::AtomicBoo
     })
 }
 
-/// With `create_timeout(0)` (unbounded) and a factory that never returns,
-/// `shutdown(1 s)` returns at its deadline and says so; the waiting caller
-/// gets `ShutDown` and the factory's future is dropped.
-#[tokio::test(start_paused = true)]
-async fn shutdown_returns_by_its_deadline_past_a_factory_that_never_returns() {
+/// A pool with `create_timeout`, a caller waiting on a factory that never
+/// returns, then `shutdown(deadline)`: asserts the shutdown returned at its
+/// deadline of paused time and said the deadline passed, that the waiter
+/// got `ShutDown` and that the factory's future was dropped.
+async fn shutdown_past_a_hanging_build(create_timeout: Duration, deadline: Duration) -> Pool<Client> {
     let c = Counters::new();
     let dropped = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let pool = builder(&c).create_timeout(Duration::ZERO).spawn().await.unwrap();
+    let pool = builder(&c).create_timeout(create_timeout).spawn().await.unwrap();
     let waiter = {
         let (pool, f) = (pool.clone(), hanging_flagged(&c, &dropped));
         tokio::spawn(async move { pool.get_or_create("k", h(1), f).await })
     };
     settle().await;
     let started = tokio::time::Instant::now();
-    let report = bounded(
-        Duration::from_secs(60),
-        "shutdown",
-        pool.shutdown(Duration::from_secs(1)),
-    )
-    .await
-    .unwrap();
-    assert_eq!(started.elapsed(), Duration::from_secs(1), "returned at its deadline");
-    assert!(report.deadline_passed, "{report:?}");
-    let err = bounded(Duration::from_secs(1), "the waiter", waiter)
-        .await
-        .unwrap()
-        .unwrap_err();
-    assert!(matches!(err, PoolError::ShutDown), "{err:?}");
-    eventually("the abandoned factory future is dropped", async || dropped.load(SeqCst)).await;
-    let s = pool.counters().await;
-    assert!(matches!(s, Err(PoolError::ShutDown)), "{s:?}");
-    assert_eq!(c.builds(), 1);
-}
-
-/// With `create_timeout(3 s)`, `shutdown(200 ms)` returns after 200 ms, not
-/// 3 s, and reports that the deadline passed; the waiter gets `ShutDown`.
-#[tokio::test(start_paused = true)]
-async fn shutdown_does_not_wait_for_create_timeout_past_its_deadline() {
-    let c = Counters::new();
-    let dropped = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let pool = builder(&c)
-        .create_timeout(Duration::from_secs(3))
-        .spawn()
+    let report = bounded(Duration::from_secs(60), "shutdown", pool.shutdown(deadline))
         .await
         .unwrap();
-    let waiter = {
-        let (pool, f) = (pool.clone(), hanging_flagged(&c, &dropped));
-        tokio::spawn(async move { pool.get_or_create("k", h(1), f).await })
-    };
-    settle().await;
-    let started = tokio::time::Instant::now();
-    let report = bounded(
-        Duration::from_secs(60),
-        "shutdown",
-        pool.shutdown(Duration::from_millis(200)),
-    )
-    .await
-    .unwrap();
-    assert_eq!(started.elapsed(), Duration::from_millis(200));
+    assert_eq!(started.elapsed(), deadline, "returned at its deadline");
     assert!(report.deadline_passed, "{report:?}");
     assert_eq!(report.retired, 0, "nothing was built");
     let err = bounded(Duration::from_secs(1), "the waiter", waiter)
@@ -585,8 +544,27 @@ async fn shutdown_does_not_wait_for_create_timeout_past_its_deadline() {
         .unwrap()
         .unwrap_err();
     assert!(matches!(err, PoolError::ShutDown), "{err:?}");
-    assert!(dropped.load(SeqCst), "the factory's future was dropped");
+    eventually("the abandoned factory future is dropped", async || dropped.load(SeqCst)).await;
     assert_eq!(c.builds(), 1);
+    pool
+}
+
+/// With `create_timeout(0)` (unbounded) and a factory that never returns,
+/// `shutdown(1 s)` returns at its deadline and says so; the waiting caller
+/// gets `ShutDown`, the factory's future is dropped, and later calls are
+/// refused.
+#[tokio::test(start_paused = true)]
+async fn shutdown_returns_by_its_deadline_past_a_factory_that_never_returns() {
+    let pool = shutdown_past_a_hanging_build(Duration::ZERO, Duration::from_secs(1)).await;
+    let s = pool.counters().await;
+    assert!(matches!(s, Err(PoolError::ShutDown)), "{s:?}");
+}
+
+/// With `create_timeout(3 s)`, `shutdown(200 ms)` returns after 200 ms, not
+/// 3 s, and reports that the deadline passed; the waiter gets `ShutDown`.
+#[tokio::test(start_paused = true)]
+async fn shutdown_does_not_wait_for_create_timeout_past_its_deadline() {
+    shutdown_past_a_hanging_build(Duration::from_secs(3), Duration::from_millis(200)).await;
 }
 
 /// With `probe_timeout(0)` and a probe that never ends, the probed call

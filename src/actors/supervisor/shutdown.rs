@@ -148,7 +148,7 @@ impl<T: Send + Sync + 'static> SupervisorState<T> {
             deadline_passed = report.deadline_passed,
             "pool shut down"
         );
-        self.life = Life::Closed(report);
+        self.life = Life::Closed(report.clone());
         // Not `stop`: a stop drops what is still in the mailbox, and a call
         // racing it could be left unanswered. `drain` closes admission
         // (later sends fail at once, which callers see as `ShutDown`) and
@@ -160,10 +160,8 @@ impl<T: Send + Sync + 'static> SupervisorState<T> {
         // after `shutdown` returned can no longer reach this mailbox, and
         // calls still waiting on user code (a probe) give up now.
         self.shared.lifecycle.advance(Phase::Closed);
-        if let Life::Closed(report) = &self.life {
-            for reply in replies {
-                let _ = reply.send(report.clone());
-            }
+        for reply in replies {
+            let _ = reply.send(report.clone());
         }
     }
 }
